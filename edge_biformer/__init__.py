@@ -1,0 +1,28 @@
+"""edge-biformer: BiFormer from PyTorch to TensorRT.
+
+Public API::
+
+    import edge_biformer
+    model = edge_biformer.create_model("biformer_tiny", weights="biformer_tiny_best.pth")
+    edge_biformer.list_models()  # ['biformer_base', 'biformer_small', 'biformer_tiny']
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "list_models"]
+
+if TYPE_CHECKING:
+    from edge_biformer.models import create_model, list_models
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import edge_biformer` stays cheap (no torch import) for the CLI's --help and tools.
+    if name in ("create_model", "list_models"):
+        from edge_biformer import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'edge_biformer' has no attribute {name!r}")
