@@ -73,7 +73,11 @@ def _stage_sizes(size: int, n_stages: int = 4) -> list[int]:
 
 def valid_sizes_near(size: int, n_win: int, routed_stages: Sequence[int]) -> list[int]:
     """The two valid input sides closest to ``size`` (for error messages)."""
-    candidates = [s for s in range(max(32, size - 64 * n_win), size + 64 * n_win + 1) if _side_ok(s, n_win, routed_stages)]
+    candidates = [
+        s
+        for s in range(max(32, size - 64 * n_win), size + 64 * n_win + 1)
+        if _side_ok(s, n_win, routed_stages)
+    ]
     return sorted(candidates, key=lambda s: (abs(s - size), s))[:2]
 
 
@@ -154,7 +158,7 @@ def _export_graph(
                 (example,),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({"x": axes},) if axes else None,
+                dynamic_shapes={"x": axes} if axes else None,
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -265,10 +269,14 @@ def export_onnx(
         except EdgeBiformerError:
             raise
         except Exception as err:  # exporter internals: report them as one clear error
+            root = err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            detail = str(root).strip().splitlines()[0] if str(root).strip() else ""
             raise ExportError(
-                f"exporting {getattr(model, 'variant', 'the model')} to {output} with the {exporter} exporter "
-                f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}. "
-                "Try the other exporter (--exporter torchscript|dynamo) or another opset"
+                f"exporting {getattr(model, 'variant', 'the model')} to {output} with the {exporter} "
+                f"exporter failed ({type(root).__name__}: {detail}). Try the other exporter "
+                "(--exporter torchscript|dynamo) or another opset"
             ) from err
         seconds = time.perf_counter() - start
         graph = onnx.load(str(tmp), load_external_data=False).graph

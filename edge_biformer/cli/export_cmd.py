@@ -17,7 +17,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model-selection options shared by the commands that start from PyTorch."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, metavar="NAME", help=f"one of {', '.join(_MODEL_NAMES)}")
-    group.add_argument("--weights", metavar="PATH", help="checkpoint (.pth): official release, model_ema, or dense backbone")
+    group.add_argument(
+        "--weights", metavar="PATH", help="checkpoint (.pth): official release, model_ema, or dense backbone"
+    )
     group.add_argument(
         "--num-classes", type=int, metavar="N", help="classifier width, if the checkpoint's differs from 1000"
     )
@@ -25,7 +27,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--auto-pad",
         action="store_true",
-        help="pad each BRA input to a multiple of n_win (dense-task backbones); the graph then takes any H, W",
+        help="pad each BRA input to a multiple of n_win (dense-task backbones); the graph takes any H, W",
     )
     group.add_argument(
         "--arch",
@@ -83,7 +85,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_model_arguments(parser)
     parser.add_argument("--img-size", type=parse_img_size, default=(224, 224), metavar="N|HxW")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; dynamo needs >= 18)")
-    parser.add_argument("--static-batch", type=int, metavar="N", help="fixed batch size instead of a dynamic batch")
+    parser.add_argument(
+        "--static-batch", type=int, metavar="N", help="fixed batch size instead of a dynamic batch"
+    )
     parser.add_argument(
         "--exporter",
         choices=("torchscript", "dynamo"),

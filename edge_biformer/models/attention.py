@@ -78,7 +78,7 @@ class _ToNHWC(nn.Module):
 
 
 class ConvMixer(nn.Sequential):
-    """The official ``topk == 0`` mixer; module indices match its keys (``attn.1``, ``attn.2``, ``attn.3``)."""
+    """The official ``topk == 0`` mixer; module indices match its keys (``attn.1`` to ``attn.3``)."""
 
     def __init__(self, dim: int):
         super().__init__(

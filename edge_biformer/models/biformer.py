@@ -1,8 +1,9 @@
 """BiFormer (official ``models/biformer.py`` semantics and state_dict layout).
 
 The module tree, parameter names and shapes match the official ``BiFormer`` so that its released
-checkpoints load unchanged; the routed attention is :class:`~edge_biformer.models.bra.BiLevelRoutingAttention`,
-which computes the same values with an export-friendly data path.
+checkpoints load unchanged; the routed attention is
+:class:`~edge_biformer.models.bra.BiLevelRoutingAttention`, which computes the same values
+with an export-friendly data path.
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ class BiFormer(nn.Module):
         if pe not in (None, "none"):
             raise ValueError(f"pe={pe!r} is not supported (the official code supports only None/'none')")
         if representation_size:
-            raise ValueError("representation_size is not supported (the official code cannot build it either)")
+            raise ValueError(
+                "representation_size is not supported (the official code cannot build it either)"
+            )
         depth = _per_stage("depth", depth)
         embed_dim = _per_stage("embed_dim", embed_dim)
         qk_dims = [q or d for q, d in zip(_per_stage("qk_dims", qk_dims), embed_dim, strict=True)]
@@ -205,7 +208,9 @@ class BiFormer(nn.Module):
         for i in range(3):
             self.downsample_layers.append(
                 nn.Sequential(
-                    nn.Conv2d(embed_dim[i], embed_dim[i + 1], kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)),
+                    nn.Conv2d(
+                        embed_dim[i], embed_dim[i + 1], kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)
+                    ),
                     nn.BatchNorm2d(embed_dim[i + 1]),
                 )
             )

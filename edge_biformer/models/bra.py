@@ -194,7 +194,7 @@ class BiLevelRoutingAttention(nn.Module):
 
     def _downsample_regions(self, kv: Tensor) -> Tensor:
         """(N, S*S, h, w, C) -> (N*S*S, h'*w', C) after the optional per-region K/V pooling."""
-        _, p2, h, w, channels = kv.shape
+        _, _, h, w, channels = kv.shape
         if self.kv_downsample_mode == "identity":
             return kv.reshape(-1, h * w, channels)
         pooled = self.kv_down(kv.reshape(-1, h, w, channels).permute(0, 3, 1, 2))
@@ -211,10 +211,7 @@ class BiLevelRoutingAttention(nn.Module):
                 f"BRA input {tuple(x.shape[1:3])} is not a multiple of n_win={self.n_win}; "
                 "use an input size that is a multiple of 32*n_win or build the model with auto_pad=True"
             )
-        if self.gather_mode == "index":
-            out = self._forward_index(x)
-        else:
-            out = self._forward_expand(x)
+        out = self._forward_index(x) if self.gather_mode == "index" else self._forward_expand(x)
         out = self.wo(out)
         if self.auto_pad:
             out = out[:, :height_in, :width_in, :]

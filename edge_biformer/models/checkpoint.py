@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,7 +42,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # the unpickler raises anything from IndexError to UnpicklingError
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"checkpoint {path} could not be read as a PyTorch weights file ({first_line}). It may be "
@@ -92,7 +90,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], variant: str = 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
