@@ -400,17 +400,17 @@ def _attention_matmuls(gather: gs.Node, info: GraphInfo) -> list[gs.Node]:
     return found
 
 
-def _block_name(nodes: list[gs.Node], fallback: str, info: GraphInfo | None = None) -> str:
-    """A human hint for a block: the common '/'-scope of its node names or module paths (display only)."""
-    from_scopes = info is not None and all(n.name in info.scopes for n in nodes)
+def _block_name(nodes: list[gs.Node] | list[str], fallback: str, info: GraphInfo | None = None) -> str:
+    """A human hint for a block: the common scope of its node names or module paths (display only)."""
+    names = [n if isinstance(n, str) else n.name for n in nodes]
+    names = [n for n in names if n]
+    from_scopes = bool(names) and info is not None and all(n in info.scopes for n in names)
     if from_scopes:
         assert info is not None
-        names = [info.scopes[n.name] for n in nodes]
-    else:
-        names = [n.name for n in nodes if n.name]
+        names = [info.scopes[n] for n in names]
     if not names:
         return fallback
-    parts = [name.split("/") for name in names]
+    parts = [name.strip("/").split("/") for name in names]
     common: list[str] = []
     for level in zip(*parts, strict=False):
         if all(p == level[0] for p in level):
@@ -419,8 +419,9 @@ def _block_name(nodes: list[gs.Node], fallback: str, info: GraphInfo | None = No
             break
     if from_scopes:
         return common[-1] if common else fallback
-    scope = "/".join(common).strip("/")
-    return scope or names[0]
+    if len(names) == 1 and len(common) > 1:
+        common = common[:-1]  # a single node: name its scope, not the node
+    return "/".join(common) or names[0]
 
 
 def _pick_source(trace: _Trace, info: GraphInfo, n_win: int, what: str, nodes: list[gs.Node]) -> Source:
@@ -660,7 +661,7 @@ def find_bra_blocks(graph: gs.Graph, info: GraphInfo) -> MatchResult:
             partial.append(
                 PartialMatch(
                     index=index,
-                    name=_block_name([node], f"block {index}", info),
+                    name=_block_name(err.nodes or [node], f"block {index}", info),
                     reason=err.reason,
                     nodes=err.nodes,
                     stage_key=routing_key(node, info),

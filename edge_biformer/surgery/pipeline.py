@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,14 @@ from edge_biformer.utils import atomic_output, sha256_file
 __all__ = [
     "RewriteError",
     "RewriteReport",
+    "Rewriter",
     "StageRow",
     "analyse_model",
     "load_onnx",
     "manifest_path",
     "rewrite_model",
     "rewrite_onnx",
+    "save_onnx",
     "write_manifest",
 ]
 
@@ -141,19 +143,24 @@ def analyse_model(model: onnx.ModelProto) -> tuple[gs.Graph, GraphInfo, MatchRes
     return graph, info, find_bra_blocks(graph, info)
 
 
-def _stage_rows(matches: Sequence[BraMatch], partial: Sequence[PartialMatch]) -> list[StageRow]:
-    blocks: list[tuple[int, tuple, BraMatch | None, str]] = [
-        (m.index, m.stage_key, m, m.name) for m in matches
-    ]
-    blocks += [(p.index, p.stage_key, None, p.name) for p in partial]
-    blocks.sort(key=lambda b: b[0])
+def _stage_rows(
+    replaced: Sequence[BraMatch], partial: Sequence[PartialMatch], matches: Sequence[BraMatch] = ()
+) -> list[StageRow]:
+    """Per-stage counts of blocks found and replaced (``matches`` not in ``replaced``: found only)."""
+    by_index: dict[int, tuple[tuple, BraMatch | None, str]] = {}
+    for m in matches:
+        by_index[m.index] = (m.stage_key, None, m.name)
+    for m in replaced:
+        by_index[m.index] = (m.stage_key, m, m.name)
+    for p in partial:
+        by_index[p.index] = (p.stage_key, None, p.name)
     rows: list[StageRow] = []
     current_key: tuple | None = None
-    for _index, key, match, name in blocks:
+    for index in sorted(by_index):
+        key, match, name = by_index[index]
         if not rows or key != current_key:
-            rows.append(
-                StageRow(len(rows) + 1, 0, 0, None, key[0] if key else None, None, None, None, name, name)
-            )
+            topk = key[0] if key else None
+            rows.append(StageRow(len(rows) + 1, 0, 0, None, topk, None, None, None, name, name))
             current_key = key
         row = rows[-1]
         row.found += 1
@@ -191,8 +198,12 @@ def _block_record(
     return record
 
 
+def _partial_items(partial: Sequence[PartialMatch]) -> str:
+    return "; ".join(f"block {p.index} ({p.name}): {p.reason}" for p in partial)
+
+
 def _format_partial(partial: Sequence[PartialMatch], source: str) -> str:
-    items = "; ".join(f"block {p.index} ({p.name}): {p.reason}" for p in partial)
+    items = _partial_items(partial)
     return (
         f"{source}: {len(partial)} BRA block(s) match only in part and cannot become "
         f"{OP_TYPE} nodes: {items}. Export the model with the supported configuration "
@@ -201,49 +212,69 @@ def _format_partial(partial: Sequence[PartialMatch], source: str) -> str:
     )
 
 
-def rewrite_model(
-    model: onnx.ModelProto,
-    *,
-    source: str = "the model",
-    allow_none: bool = False,
-    skip_partial: bool = False,
-    verify: bool = True,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    default_side: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> tuple[onnx.ModelProto, RewriteReport]:
-    """Rewrite a loaded model; see :func:`rewrite_onnx` (which also writes the result)."""
-    start = time.perf_counter()
-    say = log or (lambda _msg: None)
-    graph, info, result = analyse_model(model)
-    matches = list(result.matches)
-    partial = list(result.partial)
-    nodes_before = len(graph.nodes)
-    qdq_before = sum(1 for n in graph.nodes if n.op in _QDQ_OPS)
+class Rewriter:
+    """The rewrite as separate steps (the CLI logs one line per step; :func:`rewrite_model` runs all).
 
-    block_checks: list[BlockCheck] = []
-    values: dict[str, Any] = {}
-    feeds: dict[str, Any] = {}
-    verify_skipped: str | None = None
-    if verify and matches:
-        side = default_side or 32 * max(m.n_win for m in matches)
-        feeds = make_feeds(model, input_shapes, side)
-        taps = [t for m in matches for t in (m.q.tensor.name, m.k.tensor.name, m.v.tensor.name)]
-        taps += [m.indices.name for m in matches] + [m.output.name for m in matches]
-        shapes = {k: list(v.shape) for k, v in feeds.items()}
+    Steps, in order: :meth:`find`, :meth:`check` (optional), :meth:`apply` (raises on partial
+    matches or no match), :meth:`verify_outputs` (optional), then :meth:`report`.
+    """
+
+    def __init__(self, model: onnx.ModelProto, *, source: str = "the model") -> None:
+        self.model = model
+        self.source = source
+        self.matches: list[BraMatch] = []
+        self.partial: list[PartialMatch] = []
+        self.block_checks: list[BlockCheck] = []
+        self.output_check: OutputCheck | None = None
+        self.verify_skipped: str | None = "--no-verify"
+        self.rewritten: onnx.ModelProto | None = None
+        self.plugin_nodes: list[str] = []
+        self.kept_alive: list[str] = []
+        self._feeds: dict[str, Any] = {}
+        self._values: dict[str, Any] = {}
+        self._start = time.perf_counter()
+        self.graph, self.info, result = analyse_model(model)
+        self._result = result
+        self.nodes_before = len(self.graph.nodes)
+        self.qdq_before = sum(1 for n in self.graph.nodes if n.op in _QDQ_OPS)
+
+    def find(self) -> MatchResult:
+        """The BRA blocks of the graph (found at construction)."""
+        self.matches = list(self._result.matches)
+        self.partial = list(self._result.partial)
+        return self._result
+
+    def check(
+        self,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        default_side: int | None = None,
+    ) -> list[BlockCheck]:
+        """Run the original graph once and check every match against the op reference.
+
+        Blocks that fail become partial matches. Inputs: ``input_shapes`` by name, else static dims,
+        batch 2 and ``default_side`` (default ``32 * max(n_win)``) for other dynamic dims.
+        """
+        if not self.matches:
+            self.verify_skipped = "no block to check"
+            return []
+        self.verify_skipped = None
+        side = default_side or 32 * max(m.n_win for m in self.matches)
+        self._feeds = make_feeds(self.model, input_shapes, side)
+        taps = [t for m in self.matches for t in (m.q.tensor.name, m.k.tensor.name, m.v.tensor.name)]
+        taps += [m.indices.name for m in self.matches] + [m.output.name for m in self.matches]
         try:
-            values = run_with_taps(model, taps, feeds, info)
+            self._values = run_with_taps(self.model, taps, self._feeds, self.info)
         except Exception as err:
             raise RewriteError(
-                f"{source}: could not run the original graph in onnxruntime at input shapes {shapes} to "
-                f"check the matched blocks ({_first_line(err)}). Pass --input-shape NAME:DIMS with a size "
-                "the model accepts, or --no-verify"
+                f"{self.source}: could not run the original graph in onnxruntime at input shapes "
+                f"{self.input_shapes} to check the matched blocks ({_first_line(err)}). Pass --input-shape "
+                "NAME:DIMS with a size the model accepts, or --no-verify"
             ) from err
-        block_checks = check_blocks(matches, values)
-        failed = {c.index: c for c in block_checks if not c.passed}
-        for match in [m for m in matches if m.index in failed]:
+        self.block_checks = check_blocks(self.matches, self._values)
+        failed = {c.index: c for c in self.block_checks if not c.passed}
+        for match in [m for m in self.matches if m.index in failed]:
             check = failed[match.index]
-            partial.append(
+            self.partial.append(
                 PartialMatch(
                     index=match.index,
                     name=match.name,
@@ -256,99 +287,127 @@ def rewrite_model(
                     stage_key=match.stage_key,
                 )
             )
-        matches = [m for m in matches if m.index not in failed]
-        partial.sort(key=lambda p: p.index)
-        say(f"checked {len(block_checks)} block(s) against the op reference on real activations ({shapes})")
-    elif verify:
-        verify_skipped = "no block to check"
-    else:
-        verify_skipped = "--no-verify"
+        self.matches = [m for m in self.matches if m.index not in failed]
+        self.partial.sort(key=lambda p: p.index)
+        return self.block_checks
 
-    if partial and not skip_partial:
-        raise RewriteError(_format_partial(partial, source))
-    if not matches:
-        if allow_none:
-            report = RewriteReport(
-                input=source,
-                output=None,
-                found=len(partial),
-                replaced=0,
-                stages=_stage_rows([], partial),
-                blocks=[],
-                partial=[asdict(p) for p in partial],
-                plugin_nodes=[],
-                nodes_before=nodes_before,
-                nodes_after=nodes_before,
-                qdq_before=qdq_before,
-                qdq_after=qdq_before,
-                verify_skipped=verify_skipped,
-                seconds=time.perf_counter() - start,
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        """Shapes of the inputs used by :meth:`check` and :meth:`verify_outputs`."""
+        return {k: list(v.shape) for k, v in self._feeds.items()}
+
+    def apply(self, *, allow_none: bool = False, skip_partial: bool = False) -> onnx.ModelProto:
+        """Replace the matches; return the rewritten model (the input model if there is none)."""
+        if self.partial and not skip_partial:
+            raise RewriteError(_format_partial(self.partial, self.source))
+        if not self.matches:
+            if allow_none:
+                self.rewritten = self.model
+                return self.model
+            if self.partial:
+                raise RewriteError(
+                    f"{self.source}: all {len(self.partial)} BRA block(s) match only in part, so there is "
+                    f"nothing to replace ({_partial_items(self.partial)}); pass --allow-none to write the "
+                    "graph unchanged"
+                )
+            raise RewriteError(
+                f"{self.source}: found no BiFormer routed attention (BRA) block to replace: no TopK whose "
+                "indices drive a Gather/GatherElements of keys and values into a MatMul -> Softmax -> "
+                "MatMul attention. Check that this is a BiFormer graph exported from PyTorch (edge-biformer "
+                "export, or torch.onnx.export of a model with BiLevelRoutingAttention), or pass "
+                "--allow-none to accept a graph without BRA"
             )
-            return model, report
-        raise RewriteError(
-            f"{source}: found no BiFormer routed attention (BRA) block to replace: no TopK whose indices "
-            "drive a Gather/GatherElements of keys and values into a MatMul -> Softmax -> MatMul attention. "
-            "Check that this is a BiFormer graph exported from PyTorch (edge-biformer export, or "
-            "torch.onnx.export of a model with BiLevelRoutingAttention), or pass --allow-none to accept a "
-            "graph without BRA"
-        )
+        outcome = replace_blocks(self.graph, self.matches, self.info)
+        rewritten = export_rewritten(self.graph, self.model)
+        register_onnx_schema()
+        try:
+            onnx.checker.check_model(rewritten, full_check=True)
+        except Exception as err:  # a bug in the rewrite, not a user error
+            raise RewriteError(
+                f"{self.source}: the rewritten graph fails onnx.checker ({_first_line(err)}); nothing was "
+                "written. Please report this with the input graph"
+            ) from err
+        self.rewritten = rewritten
+        self.plugin_nodes = outcome.plugin_nodes
+        self.kept_alive = outcome.kept_alive
+        return rewritten
 
-    outcome = replace_blocks(graph, matches, info)
-    rewritten = export_rewritten(graph, model)
-    register_onnx_schema()
-    try:
-        onnx.checker.check_model(rewritten, full_check=True)
-    except Exception as err:  # a bug in the rewrite, not a user error
-        raise RewriteError(
-            f"{source}: the rewritten graph fails onnx.checker ({_first_line(err)}); nothing was written. "
-            "Please report this with the input graph"
-        ) from err
-
-    output_check: OutputCheck | None = None
-    if verify and values:
+    def verify_outputs(self) -> OutputCheck | None:
+        """Run the rewritten graph with :func:`edge_biformer.cpu_session` on the inputs of :meth:`check`."""
+        if self.rewritten is None or self.rewritten is self.model or not self._values:
+            return None
         from edge_biformer.runtime.cpu import cpu_session
 
-        expected = {o.name: values[o.name] for o in model.graph.output}
-        session = cpu_session(rewritten)
-        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
-        reduced = any(m.internal_qdq or m.elem_type == onnx.TensorProto.FLOAT16 for m in matches)
+        expected = {o.name: self._values[o.name] for o in self.model.graph.output}
+        session = cpu_session(self.rewritten)
+        names = [o.name for o in session.get_outputs()]
+        got = dict(zip(names, session.run(names, self._feeds), strict=True))
+        reduced = any(m.internal_qdq or m.elem_type == onnx.TensorProto.FLOAT16 for m in self.matches)
         tolerance = REDUCED_PRECISION_TOLERANCE if reduced else FLOAT32_TOLERANCE
-        output_check = compare_outputs(expected, got, {k: list(v.shape) for k, v in feeds.items()}, tolerance)
-        if not output_check.passed:
+        check = compare_outputs(expected, got, self.input_shapes, tolerance)
+        self.output_check = check
+        if not check.passed:
             raise RewriteError(
-                f"{source}: the rewritten graph's outputs differ from the original's in onnxruntime: max "
-                f"relative difference {output_check.max_rel_diff:.3g} > {tolerance:.0e} (max abs "
-                f"{output_check.max_abs_diff:.3g}); nothing was written. Please report this with the input "
-                "graph"
+                f"{self.source}: the rewritten graph's outputs differ from the original's in onnxruntime: "
+                f"max relative difference {check.max_rel_diff:.3g} > {tolerance:.0e} (max abs "
+                f"{check.max_abs_diff:.3g}); nothing was written. Please report this with the input graph"
             )
+        return check
 
-    stages = _stage_rows(matches, partial)
-    stage_index = _stage_index(matches, partial)
-    check_of = {c.index: c for c in block_checks}
-    blocks = [
-        _block_record(m, stage_index[m.index], name, check_of.get(m.index))
-        for m, name in zip(matches, outcome.plugin_nodes, strict=True)
-    ]
-    report = RewriteReport(
-        input=source,
-        output=None,
-        found=len(matches) + len(partial),
-        replaced=len(outcome.plugin_nodes),
-        stages=stages,
-        blocks=blocks,
-        partial=[asdict(p) for p in partial],
-        plugin_nodes=outcome.plugin_nodes,
-        nodes_before=nodes_before,
-        nodes_after=len(rewritten.graph.node),
-        qdq_before=qdq_before,
-        qdq_after=sum(1 for n in rewritten.graph.node if n.op_type in _QDQ_OPS),
-        block_checks=[c for c in block_checks if c.index in {m.index for m in matches}],
-        output_check=output_check,
-        verify_skipped=verify_skipped,
-        kept_alive=outcome.kept_alive,
-        seconds=time.perf_counter() - start,
-    )
-    return rewritten, report
+    def report(self) -> RewriteReport:
+        """Summary of what was found and done."""
+        stage_index = _stage_index(self.matches, self.partial)
+        check_of = {c.index: c for c in self.block_checks}
+        replaced = self.plugin_nodes and self.rewritten is not self.model
+        blocks = (
+            [
+                _block_record(m, stage_index[m.index], name, check_of.get(m.index))
+                for m, name in zip(self.matches, self.plugin_nodes, strict=True)
+            ]
+            if replaced
+            else []
+        )
+        final = self.rewritten if self.rewritten is not None else self.model
+        return RewriteReport(
+            input=self.source,
+            output=None,
+            found=len(self.matches) + len(self.partial),
+            replaced=len(self.plugin_nodes),
+            stages=_stage_rows(self.matches if replaced else [], self.partial, self.matches),
+            blocks=blocks,
+            partial=[asdict(p) for p in self.partial],
+            plugin_nodes=self.plugin_nodes,
+            nodes_before=self.nodes_before,
+            nodes_after=len(final.graph.node),
+            qdq_before=self.qdq_before,
+            qdq_after=sum(1 for n in final.graph.node if n.op_type in _QDQ_OPS),
+            block_checks=[c for c in self.block_checks if c.index in {m.index for m in self.matches}],
+            output_check=self.output_check,
+            verify_skipped=self.verify_skipped,
+            kept_alive=self.kept_alive,
+            seconds=time.perf_counter() - self._start,
+        )
+
+
+def rewrite_model(
+    model: onnx.ModelProto,
+    *,
+    source: str = "the model",
+    allow_none: bool = False,
+    skip_partial: bool = False,
+    verify: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    default_side: int | None = None,
+) -> tuple[onnx.ModelProto, RewriteReport]:
+    """Rewrite a loaded model; see :func:`rewrite_onnx` (which also writes the result)."""
+    rewriter = Rewriter(model, source=source)
+    rewriter.find()
+    if verify:
+        rewriter.check(input_shapes, default_side)
+    rewritten = rewriter.apply(allow_none=allow_none, skip_partial=skip_partial)
+    if verify:
+        rewriter.verify_outputs()
+    return rewritten, rewriter.report()
 
 
 def _stage_index(matches: Sequence[BraMatch], partial: Sequence[PartialMatch]) -> dict[int, int]:
@@ -371,7 +430,6 @@ def rewrite_onnx(
     verify: bool = True,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     default_side: int | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> RewriteReport:
     """Replace every BRA routed attention of ``input_path`` by a plugin node; write ``output_path``.
 
@@ -385,7 +443,6 @@ def rewrite_onnx(
         input_shapes: shapes of graph inputs for the verification run (default: static dims, batch
             2, other dynamic dims ``default_side``).
         default_side: value of dynamic non-batch dims (default ``32 * max(n_win)``).
-        log: receives progress lines.
 
     Raises:
         RewriteError: no BRA block (without ``allow_none``), partial matches (without
@@ -406,21 +463,31 @@ def rewrite_onnx(
         verify=verify,
         input_shapes=input_shapes,
         default_side=default_side,
-        log=log,
     )
-    with atomic_output(output_path, suffix=".onnx") as tmp:
-        if rewritten is model:
-            Path(tmp).write_bytes(Path(input_path).read_bytes())
-        else:
-            try:
-                onnx.save(rewritten, str(tmp))
-            except ValueError as err:  # > 2 GB protobuf
-                raise RewriteError(
-                    f"{output_path}: the rewritten graph is too large for one ONNX file ({err}); "
-                    "graphs over 2 GB are not supported"
-                ) from err
+    save_onnx(rewritten, output_path, original=model, original_path=input_path)
     report.output = str(output_path)
     return report
+
+
+def save_onnx(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    original: onnx.ModelProto | None = None,
+    original_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write ``model`` atomically (an unchanged ``original`` is copied byte for byte)."""
+    with atomic_output(path, suffix=".onnx") as tmp:
+        if model is original and original_path is not None:
+            Path(tmp).write_bytes(Path(original_path).read_bytes())
+            return
+        try:
+            onnx.save(model, str(tmp))
+        except ValueError as err:  # > 2 GB protobuf
+            raise RewriteError(
+                f"{path}: the rewritten graph is too large for one ONNX file ({err}); graphs over 2 GB are "
+                "not supported"
+            ) from err
 
 
 def manifest_path(onnx_path: str | os.PathLike[str]) -> Path:
