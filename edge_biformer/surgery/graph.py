@@ -20,6 +20,7 @@ __all__ = [
     "data_consumers",
     "last_axis_slice",
     "producer",
+    "qdq_after",
     "skip_qdq_back",
     "split_sizes",
 ]
@@ -70,6 +71,31 @@ def const_value(tensor: gs.Tensor) -> np.ndarray | None:
         return None
     if node.op == "Identity":
         return const_value(node.inputs[0])
+    if node.op == "QuantizeLinear":  # a constant quantized in the graph (Q/DQ of a scale, say)
+        values = [const_value(t) if t.name else None for t in node.inputs]
+        if len(values) < 2 or values[0] is None or values[1] is None or values[1].size != 1:
+            return None
+        zero = values[2] if len(values) > 2 and values[2] is not None else np.uint8(0)
+        info = np.iinfo(zero.dtype) if np.issubdtype(np.asarray(zero).dtype, np.integer) else None
+        if info is None:
+            return None
+        q = np.rint(values[0].astype(np.float32) / values[1].astype(np.float32)) + np.asarray(
+            zero, np.float32
+        )
+        return np.clip(q, info.min, info.max).astype(np.asarray(zero).dtype)
+    if node.op == "DequantizeLinear":  # a quantized constant (e.g. a scale in a Q/DQ graph)
+        values = [const_value(t) if t.name else None for t in node.inputs]
+        if len(values) < 2 or values[0] is None or values[1] is None:
+            return None
+        x, scale = values[0].astype(np.float32), values[1].astype(np.float32)
+        zero = values[2].astype(np.float32) if len(values) > 2 and values[2] is not None else np.float32(0)
+        if scale.size > 1:  # per-axis: broadcast along `axis`
+            axis = int(node.attrs.get("axis", 1)) % max(x.ndim, 1)
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+            zero = np.asarray(zero).reshape(shape) if np.asarray(zero).size > 1 else zero
+        return (x - zero) * scale
     if node.op == "Cast":
         value = const_value(node.inputs[0])
         if value is None:
@@ -101,6 +127,18 @@ def skip_qdq_back(tensor: gs.Tensor) -> gs.Tensor | None:
     if q is None or q.op != "QuantizeLinear":
         return None
     return q.inputs[0]
+
+
+def qdq_after(tensor: gs.Tensor) -> gs.Tensor | None:
+    """If the only data consumer of ``tensor`` is a ``QuantizeLinear`` -> ``DequantizeLinear`` pair
+    (nothing else reads the quantized values), return the DequantizeLinear output; else None."""
+    users = data_consumers(tensor)
+    if len(users) != 1 or users[0].op != "QuantizeLinear" or users[0].inputs[0] is not tensor:
+        return None
+    dq_users = data_consumers(users[0].outputs[0])
+    if len(dq_users) != 1 or dq_users[0].op != "DequantizeLinear":
+        return None
+    return dq_users[0].outputs[0]
 
 
 @dataclass

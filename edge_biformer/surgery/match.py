@@ -45,6 +45,7 @@ from edge_biformer.surgery.graph import (
     data_consumers,
     last_axis_slice,
     producer,
+    qdq_after,
     skip_qdq_back,
     split_sizes,
 )
@@ -54,6 +55,8 @@ __all__ = ["BraMatch", "MatchResult", "PartialMatch", "Source", "find_bra_blocks
 #: Index arithmetic allowed between TopK's indices and the gather.
 _INDEX_OPS = frozenset({"Add", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Cast", "Identity"})
 #: Ops that reduce K/V per region (kv_downsample_mode != identity).
+#: A Q/DQ pair on a path: (Q input, DQ output, first output of the node that reads the DQ output).
+QdqUse = tuple[str, str, str]
 _POOL_OPS = frozenset(
     {"AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax"}
 )
@@ -110,7 +113,7 @@ class BraMatch:
     gather_kind: str
     gathers: list[gs.Node]
     attention: tuple[gs.Node, gs.Node, gs.Node]
-    internal_qdq: bool = False
+    internal_qdq: list[QdqUse] = field(default_factory=list)
     elem_type: int | None = None
     stage_key: tuple = ()
 
@@ -165,7 +168,8 @@ class _Trace:
     visited: list[tuple[gs.Tensor, int, int | None]]
     scale: float = 1.0
     gathers: list[gs.Node] = field(default_factory=list)
-    qdq: bool = False
+    #: Q/DQ pairs passed: (index in ``visited`` of the Q input, the pair as a :data:`QdqUse`).
+    qdq: list[tuple[int, QdqUse]] = field(default_factory=list)
     blocker: gs.Node | None = None
 
     @property
@@ -175,13 +179,18 @@ class _Trace:
 
 def _trace_back(
     tensor: gs.Tensor,
+    consumer: gs.Node,
     info: GraphInfo,
     index_tensors: set[str],
     *,
     allow_scale: bool,
     allow_gather: bool,
 ) -> _Trace:
-    """Walk back through data-movement ops; record every tensor with its channel range."""
+    """Walk back from input ``tensor`` of ``consumer`` through data-movement ops.
+
+    Records every tensor with its channel range, and the Q/DQ pairs passed with the node that
+    read their output on this path.
+    """
     start, stop = 0, None
     trace = _Trace(visited=[(tensor, start, stop)])
     while True:
@@ -194,7 +203,8 @@ def _trace_back(
             nxt = node.inputs[0]
         elif op == "DequantizeLinear":
             nxt = skip_qdq_back(tensor)
-            trace.qdq = trace.qdq or nxt is not None
+            if nxt is not None:
+                trace.qdq.append((len(trace.visited), (nxt.name, tensor.name, consumer.outputs[0].name)))
         elif op == "Cast":
             if int(node.attrs.get("to", 0)) in FLOAT_TYPES and info.elem_type(node.inputs[0]) in (
                 *FLOAT_TYPES,
@@ -237,6 +247,7 @@ def _trace_back(
             nxt = node.inputs[0]
         if nxt is None:
             break
+        consumer = node
         tensor = nxt
         trace.visited.append((tensor, start, stop))
     return trace
@@ -271,77 +282,87 @@ def _through_concat(
     return None, start, stop
 
 
-def _forward_chain(tensor: gs.Tensor, info: GraphInfo) -> tuple[gs.Tensor, list[gs.Node], bool]:
-    """Follow single-consumer layout ops (and Q/DQ pairs, float Casts) forward from ``tensor``."""
-    nodes: list[gs.Node] = []
-    qdq = False
+def _forward_chain(tensor: gs.Tensor, info: GraphInfo) -> tuple[gs.Tensor, list[QdqUse]]:
+    """Follow single-consumer layout ops (and Q/DQ pairs, float Casts) forward from ``tensor``.
+
+    Returns the last tensor and the Q/DQ pairs passed on the way. Trailing Q/DQ pairs are not
+    passed: they quantize the attention output and stay after the plugin node.
+    """
+    path: list[tuple[gs.Tensor, tuple[str, str] | None]] = [(tensor, None)]
+    uses: list[QdqUse] = []
+    pending: tuple[str, str] | None = None
     while True:
         users = data_consumers(tensor)
         if len(users) != 1 or tensor.name in info.graph_outputs:
-            return tensor, nodes, qdq
+            break
         node = users[0]
         is_layout = node.op in LAYOUT_OPS and node.inputs[0] is tensor
         if is_layout or (node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES):
-            nodes.append(node)
+            if pending is not None:
+                uses.append((*pending, node.outputs[0].name))
+                pending = None
             tensor = node.outputs[0]
-        elif node.op == "QuantizeLinear":
-            dq_users = data_consumers(node.outputs[0])
-            if len(dq_users) != 1 or dq_users[0].op != "DequantizeLinear":
-                return tensor, nodes, qdq
-            nodes.extend([node, dq_users[0]])
-            tensor = dq_users[0].outputs[0]
-            qdq = True
+            path.append((tensor, None))
+        elif (dq_out := qdq_after(tensor)) is not None:
+            pending = (tensor.name, dq_out.name)
+            path.append((dq_out, pending))
+            tensor = dq_out
         else:
-            return tensor, nodes, qdq
+            break
+    while len(path) > 1 and path[-1][1] is not None:
+        path.pop()
+    return path[-1][0], uses
 
 
-def _logits_to_softmax(matmul: gs.Node, info: GraphInfo) -> tuple[gs.Node, float] | None:
+def _over_qdq(tensor: gs.Tensor) -> tuple[gs.Tensor, tuple[str, str] | None]:
+    """Step over a Q/DQ pair that follows ``tensor``: (the tensor after it, (Q input, DQ output))."""
+    dq_out = qdq_after(tensor)
+    return (tensor, None) if dq_out is None else (dq_out, (tensor.name, dq_out.name))
+
+
+def _logits_to_softmax(matmul: gs.Node, info: GraphInfo) -> tuple[gs.Node, float, list[QdqUse]] | None:
     """From the ``Q @ K^T`` MatMul forward through constant scalings to a last-axis Softmax."""
     tensor = matmul.outputs[0]
     scale = 1.0
+    uses: list[QdqUse] = []
     while True:
+        tensor, pair = _over_qdq(tensor)
         users = data_consumers(tensor)
         if len(users) != 1:
             return None
         node = users[0]
+        if pair is not None:
+            uses.append((*pair, node.outputs[0].name))
         if node.op == "Softmax":
             axis = attr_int(node, "axis", -1)
-            return (node, scale) if info.is_last_axis(tensor, axis if axis is not None else -1) else None
+            ok = info.is_last_axis(tensor, axis if axis is not None else -1)
+            return (node, scale, uses) if ok else None
         if node.op in ("Mul", "Div"):
             other = node.inputs[1] if node.inputs[0] is tensor else node.inputs[0]
             value = const_scalar(other)
             if value is None or (node.op == "Div" and (node.inputs[1] is not other or value == 0)):
                 return None
             scale = scale * value if node.op == "Mul" else scale / value
-        elif node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES:
-            pass
-        elif node.op == "QuantizeLinear":
-            dq = data_consumers(node.outputs[0])
-            if len(dq) != 1 or dq[0].op != "DequantizeLinear":
-                return None
-            node = dq[0]
-        else:
+        elif not (node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES):
             return None
         tensor = node.outputs[0]
 
 
-def _softmax_to_matmul(softmax: gs.Node) -> gs.Node | None:
+def _softmax_to_matmul(softmax: gs.Node, uses: list[QdqUse]) -> gs.Node | None:
     """The ``P @ V`` MatMul that takes the softmax (through Cast / Q-DQ) as its first operand."""
     tensor = softmax.outputs[0]
     while True:
+        tensor, pair = _over_qdq(tensor)
         users = data_consumers(tensor)
         if len(users) != 1:
             return None
         node = users[0]
+        if pair is not None:
+            uses.append((*pair, node.outputs[0].name))
         if node.op == "MatMul" and node.inputs[0] is tensor:
             return node
         if node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES:
             tensor = node.outputs[0]
-        elif node.op == "QuantizeLinear":
-            dq = data_consumers(node.outputs[0])
-            if len(dq) != 1 or dq[0].op != "DequantizeLinear":
-                return None
-            tensor = dq[0].outputs[0]
         else:
             return None
 
@@ -424,9 +445,18 @@ def _block_name(nodes: list[gs.Node] | list[str], fallback: str, info: GraphInfo
     return "/".join(common) or names[0]
 
 
-def _pick_source(trace: _Trace, info: GraphInfo, n_win: int, what: str, nodes: list[gs.Node]) -> Source:
-    """Choose the tensor the op reads: the furthest-back NHWC map or region tensor of the walk."""
-    for tensor, start, stop in reversed(trace.visited):
+def _pick_source(
+    trace: _Trace, info: GraphInfo, n_win: int, what: str, nodes: list[gs.Node]
+) -> tuple[Source, list[QdqUse]]:
+    """Choose the tensor the op reads, and the Q/DQ pairs that the rewrite removes with the attention.
+
+    The candidate is the furthest-back NHWC map or region tensor of the walk. From there the choice
+    moves towards the attention over steps that keep exactly the op's channels: a Q/DQ pair (the op
+    then reads the DQ output, as the original attention did) or a Split/Slice output that holds
+    exactly the channels. Q/DQ pairs beyond the chosen tensor (towards the attention) are removed.
+    """
+    for position in range(len(trace.visited) - 1, -1, -1):
+        tensor, start, stop = trace.visited[position]
         rank = info.rank(tensor)
         if rank not in (4, 5):
             continue
@@ -441,7 +471,31 @@ def _pick_source(trace: _Trace, info: GraphInfo, n_win: int, what: str, nodes: l
             regions = info.static_dim(tensor, 1)
             if regions is not None and regions != n_win * n_win:
                 continue
-        return Source(tensor=tensor, start=start, stop=end, channels=channels, form=form)
+        pair_at = {index: use for index, use in trace.qdq}
+        while position > 0:
+            nxt, n_start, n_stop = trace.visited[position - 1]
+            n_channels = info.static_dim(nxt, -1)
+            over_qdq = position in pair_at and pair_at[position][1] == nxt.name
+            node = producer(nxt)
+            exact_split = (
+                node is not None
+                and node.op in ("Split", "Slice")
+                and node.inputs[0] is tensor
+                and n_start == 0
+                and n_channels is not None
+                and (n_stop is None or n_stop == n_channels)
+                and n_channels == end - start
+            )
+            if not (over_qdq or exact_split):
+                break
+            position -= 1
+            tensor = nxt
+            if exact_split:
+                assert n_channels is not None
+                start, end, channels = 0, n_channels, n_channels
+        removed = [use for index, use in trace.qdq if index <= position]
+        source = Source(tensor=tensor, start=start, stop=end, channels=channels, form=form)
+        return source, removed
     raise _Partial(
         f"the {what} of the attention could not be traced back to an NHWC map [N, H, W, C] or a region "
         f"tensor [N, {n_win * n_win}, h, w, C] with a known channel count (the walk stopped at "
@@ -465,12 +519,12 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     if not float_gathers:
         return None
     # The attention: a MatMul fed by gathered data whose output goes to a Softmax.
-    scored: list[tuple[gs.Node, gs.Node, float]] = []
+    scored: list[tuple[gs.Node, gs.Node, float, list[QdqUse]]] = []
     for gather in float_gathers:
         for mm in _attention_matmuls(gather, info):
             hit = _logits_to_softmax(mm, info)
             if hit is not None and all(mm is not s[0] for s in scored):
-                scored.append((mm, hit[0], hit[1]))
+                scored.append((mm, hit[0], hit[1], hit[2]))
     if not scored:
         return None  # TopK + gather without attention: not BRA (e.g. a detection head)
     involved = [topk, *float_gathers]
@@ -481,8 +535,8 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
             "BRA has exactly one",
             involved,
         )
-    logits_mm, softmax, logits_scale = scored[0]
-    pv_mm = _softmax_to_matmul(softmax)
+    logits_mm, softmax, logits_scale, internal_qdq = scored[0]
+    pv_mm = _softmax_to_matmul(softmax, internal_qdq)
     involved += [logits_mm, softmax]
     if pv_mm is None:
         raise _Partial(
@@ -523,9 +577,13 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         raise _Partial(f"TopK K={topk_k} is outside [1, {regions}]", involved)
 
     # Operands: q from the logits MatMul's first input, k from its second, v from P@V's second.
-    q_trace = _trace_back(logits_mm.inputs[0], info, index_tensors, allow_scale=True, allow_gather=False)
-    k_trace = _trace_back(logits_mm.inputs[1], info, index_tensors, allow_scale=True, allow_gather=True)
-    v_trace = _trace_back(pv_mm.inputs[1], info, index_tensors, allow_scale=False, allow_gather=True)
+    q_trace = _trace_back(
+        logits_mm.inputs[0], logits_mm, info, index_tensors, allow_scale=True, allow_gather=False
+    )
+    k_trace = _trace_back(
+        logits_mm.inputs[1], logits_mm, info, index_tensors, allow_scale=True, allow_gather=True
+    )
+    v_trace = _trace_back(pv_mm.inputs[1], pv_mm, info, index_tensors, allow_scale=False, allow_gather=True)
     for what, trace in (("keys", k_trace), ("values", v_trace)):
         if trace.blocker is not None and not trace.gathers:
             blocker = f"{trace.blocker.op} '{trace.blocker.name}'"
@@ -577,9 +635,9 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
             f"Gather '{gather_node.name}' gathers on axis {gather_node.attrs.get('axis')}, not 0", involved
         )
 
-    q = _pick_source(q_trace, info, n_win, "queries", involved)
-    k = _pick_source(k_trace, info, n_win, "keys", involved)
-    v = _pick_source(v_trace, info, n_win, "values", involved)
+    q, q_pairs = _pick_source(q_trace, info, n_win, "queries", involved)
+    k, k_pairs = _pick_source(k_trace, info, n_win, "keys", involved)
+    v, v_pairs = _pick_source(v_trace, info, n_win, "values", involved)
     if k.width != q.width:
         raise _Partial(f"queries have {q.width} channels but keys {k.width}", involved)
 
@@ -599,7 +657,7 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     if q.width % heads or v.width % heads:
         raise _Partial(f"Cqk={q.width} and Cv={v.width} are not divisible by {heads} heads", involved)
 
-    output, _chain, out_qdq = _forward_chain(pv_mm.outputs[0], info)
+    output, out_pairs = _forward_chain(pv_mm.outputs[0], info)
     if info.rank(output) != 4 or info.static_dim(output, -1) not in (None, v.width):
         raise _Partial(
             f"the attention output '{output.name}' is not an NHWC map [N, H, W, {v.width}] "
@@ -623,7 +681,7 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         gather_kind=gather_kind,
         gathers=[gather_node, *(g for g in v_trace.gathers if g is not gather_node)],
         attention=(logits_mm, softmax, pv_mm),
-        internal_qdq=q_trace.qdq or k_trace.qdq or v_trace.qdq or out_qdq,
+        internal_qdq=list(dict.fromkeys([*internal_qdq, *q_pairs, *k_pairs, *v_pairs, *out_pairs])),
         elem_type=info.elem_type(q.tensor),
     )
 
