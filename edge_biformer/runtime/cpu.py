@@ -12,6 +12,10 @@ no float16, so :func:`cpu_session` prepares an in-memory copy of the model for t
 
 The op itself is :func:`edge_biformer.ops.routed_attention_reference`. The file on disk is never
 changed, and graphs without plugin nodes are passed to onnxruntime unchanged.
+
+onnxruntime-extensions aborts the whole process if a Python op raises. The op therefore never
+raises: it records the error, returns NaNs, and :meth:`CpuSession.run` raises the recorded error
+(:class:`BraOpError`) instead of returning outputs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from edge_biformer.errors import EdgeBiformerError
@@ -33,13 +38,19 @@ from edge_biformer.surgery.contract import (
     PLUGIN_VERSION,
 )
 
-__all__ = ["CUSTOM_DOMAIN", "cpu_session", "prepare_for_cpu"]
+__all__ = ["CUSTOM_DOMAIN", "BraOpError", "CpuSession", "cpu_session", "prepare_for_cpu"]
 
 #: The domain onnxruntime-extensions registers its Python custom ops in.
 CUSTOM_DOMAIN = "ai.onnx.contrib"
 
 _REGISTER_LOCK = threading.Lock()
 _REGISTERED = False
+_ERRORS_LOCK = threading.Lock()
+_ERRORS: list[str] = []
+
+
+class BraOpError(RuntimeError):
+    """A BiLevelRoutingAttention node failed inside onnxruntime (inputs that break the op contract)."""
 
 
 def _register_python_op() -> str:
@@ -85,26 +96,51 @@ def _run_bra(
     topk: int,
     scale: float,
 ) -> np.ndarray:
-    """The body of the custom op: check the attributes against the inputs, run the reference."""
-    import torch
+    """The body of the custom op: check the attributes against the inputs, run the reference.
 
-    from edge_biformer.ops.bra_reference import routed_attention_reference
+    Never raises (see the module docstring): an error is recorded for :meth:`CpuSession.run`.
+    """
+    try:
+        import torch
 
-    if r_idx.ndim != 3 or r_idx.shape[1] != n_win * n_win or r_idx.shape[2] != topk:
-        raise ValueError(
-            f"{OP_TYPE}: r_idx has shape {tuple(r_idx.shape)}, the attributes say "
-            f"[N, n_win*n_win={n_win * n_win}, topk={topk}]"
-        )
-    with torch.inference_mode():
-        out = routed_attention_reference(
-            torch.from_numpy(np.ascontiguousarray(q)),
-            torch.from_numpy(np.ascontiguousarray(k)),
-            torch.from_numpy(np.ascontiguousarray(v)),
-            torch.from_numpy(np.ascontiguousarray(r_idx)),
-            num_heads=int(num_heads),
-            scale=float(scale),
-        )
-    return out.numpy()
+        from edge_biformer.ops.bra_reference import routed_attention_reference
+
+        if r_idx.ndim != 3 or r_idx.shape[1] != n_win * n_win or r_idx.shape[2] != topk:
+            raise ValueError(
+                f"r_idx has shape {tuple(r_idx.shape)}, the attributes say "
+                f"[N, n_win*n_win={n_win * n_win}, topk={topk}]"
+            )
+        with torch.inference_mode():
+            out = routed_attention_reference(
+                torch.from_numpy(np.ascontiguousarray(q)),
+                torch.from_numpy(np.ascontiguousarray(k)),
+                torch.from_numpy(np.ascontiguousarray(v)),
+                torch.from_numpy(np.ascontiguousarray(r_idx)),
+                num_heads=int(num_heads),
+                scale=float(scale),
+            )
+        return out.numpy()
+    except BaseException as err:  # raising here would abort the process
+        with _ERRORS_LOCK:
+            _ERRORS.append(f"{OP_TYPE}: {err}")
+        shape = (*q.shape[:3], v.shape[-1]) if q.ndim == 4 and v.ndim >= 1 else (1,)
+        return np.full(shape, np.nan, dtype=np.float32)
+
+
+class CpuSession(ort.InferenceSession):
+    """An ``onnxruntime.InferenceSession`` whose :meth:`run` re-raises errors of the plugin op."""
+
+    def run(self, output_names, input_feed, run_options=None):  # type: ignore[override]
+        """As :meth:`onnxruntime.InferenceSession.run`; raises :class:`BraOpError` if a plugin node failed."""
+        with _ERRORS_LOCK:
+            _ERRORS.clear()
+        outputs = super().run(output_names, input_feed, run_options)
+        with _ERRORS_LOCK:
+            errors = list(dict.fromkeys(_ERRORS))
+            _ERRORS.clear()
+        if errors:
+            raise BraOpError("; ".join(errors))
+        return outputs
 
 
 def _is_plugin(node: onnx.NodeProto) -> bool:
@@ -230,7 +266,7 @@ def prepare_for_cpu(model: onnx.ModelProto, where: str = "model") -> tuple[onnx.
     return prepared, count
 
 
-def cpu_session(onnx_path: str | os.PathLike[str] | onnx.ModelProto, **kwargs: Any):
+def cpu_session(onnx_path: str | os.PathLike[str] | onnx.ModelProto, **kwargs: Any) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` (CPU) that also runs ``BiLevelRoutingAttention`` nodes.
 
     Args:
@@ -246,8 +282,6 @@ def cpu_session(onnx_path: str | os.PathLike[str] | onnx.ModelProto, **kwargs: A
         EdgeBiformerError: the file is missing or not a valid ONNX model, or a plugin node is of
             another version/namespace or type than this package implements.
     """
-    import onnxruntime as ort
-
     if isinstance(onnx_path, onnx.ModelProto):
         model, where = onnx_path, "the given model"
     else:
@@ -267,7 +301,7 @@ def cpu_session(onnx_path: str | os.PathLike[str] | onnx.ModelProto, **kwargs: A
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
     if count:
         options.register_custom_ops_library(_register_python_op())
-        return ort.InferenceSession(prepared.SerializeToString(), options, **kwargs)
+        return CpuSession(prepared.SerializeToString(), options, **kwargs)
     if isinstance(onnx_path, onnx.ModelProto):
         return ort.InferenceSession(model.SerializeToString(), options, **kwargs)
     return ort.InferenceSession(str(onnx_path), options, **kwargs)
