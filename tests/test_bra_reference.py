@@ -106,6 +106,12 @@ def test_repeated_region_is_attended_twice() -> None:
     assert float((out.double() - expected).abs().max()) <= 1e-5
 
 
+def test_empty_batch() -> None:
+    q, k, v, r_idx = make_inputs(1, 2, 2, 2, 2, 2, 8, 6, 2)
+    out = routed_attention_reference(q[:0], k[:0], v[:0], r_idx[:0], num_heads=2, scale=0.5)
+    assert out.shape == (0, 4, 4, 6)
+
+
 def test_int64_indices_accepted() -> None:
     q, k, v, r_idx = make_inputs(1, 2, 2, 2, 2, 2, 4, 4, 2)
     a = routed_attention_reference(q, k, v, r_idx, num_heads=2, scale=0.5)

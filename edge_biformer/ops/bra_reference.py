@@ -128,7 +128,7 @@ def routed_attention_reference(
         k_sel = kr[batch, sel]  # (N, c, K, M, Tk, dqk)
         v_sel = vr[batch, sel]  # (N, c, K, M, Tk, dv)
         c = r1 - r0
-        k_sel = k_sel.permute(0, 1, 3, 2, 4, 5).reshape(n, c, m, topk * tk, -1)
+        k_sel = k_sel.permute(0, 1, 3, 2, 4, 5).reshape(n, c, m, topk * tk, qr.shape[4])
         v_sel = v_sel.permute(0, 1, 3, 2, 4, 5).reshape(n, c, m, topk * tk, dv)
         logits = (qr[:, r0:r1] @ k_sel.transpose(-2, -1)) * scale  # (N, c, M, Tq, K*Tk)
         out[:, r0:r1] = torch.softmax(logits, dim=-1) @ v_sel
