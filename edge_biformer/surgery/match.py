@@ -370,11 +370,10 @@ def _softmax_to_matmul(softmax: gs.Node, uses: list[QdqUse]) -> gs.Node | None:
 # -- candidates ------------------------------------------------------------------------------------
 
 
-def _index_path(topk: gs.Node) -> tuple[set[str], list[gs.Node], list[gs.Node]]:
-    """Tensors derived from TopK's indices by index arithmetic, the gathers they index, other users."""
+def _index_path(topk: gs.Node) -> tuple[set[str], list[gs.Node]]:
+    """Tensors derived from TopK's indices by index arithmetic, and the gathers they index."""
     tensors: set[str] = set()
     gathers: list[gs.Node] = []
-    others: list[gs.Node] = []
     stack = [topk.outputs[1]]
     while stack:
         tensor = stack.pop()
@@ -387,12 +386,10 @@ def _index_path(topk: gs.Node) -> tuple[set[str], list[gs.Node], list[gs.Node]]:
                     gathers.append(node)
             elif node.op in _INDEX_OPS:
                 stack.extend(node.outputs)
-            elif node not in others:
-                others.append(node)
-    return tensors, gathers, others
+    return tensors, gathers
 
 
-def _attention_matmuls(gather: gs.Node, info: GraphInfo) -> list[gs.Node]:
+def _attention_matmuls(gather: gs.Node) -> list[gs.Node]:
     """MatMuls reached forward from a gather's output through data-movement ops (as 2nd operand)."""
     found: list[gs.Node] = []
     seen: set[int] = set()
@@ -417,7 +414,6 @@ def _attention_matmuls(gather: gs.Node, info: GraphInfo) -> list[gs.Node]:
                 found.append(node)
             elif node.op in passthrough:
                 stack.extend(node.outputs)
-    del info
     return found
 
 
@@ -514,14 +510,14 @@ def _describe_stop(trace: _Trace) -> str:
 
 def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     """Analyse one TopK: None if it is not a BRA routing, a match, or raise :class:`_Partial`."""
-    index_tensors, gathers, _others = _index_path(topk)
+    index_tensors, gathers = _index_path(topk)
     float_gathers = [g for g in gathers if info.elem_type(g.inputs[0]) in (*FLOAT_TYPES, None)]
     if not float_gathers:
         return None
     # The attention: a MatMul fed by gathered data whose output goes to a Softmax.
     scored: list[tuple[gs.Node, gs.Node, float, list[QdqUse]]] = []
     for gather in float_gathers:
-        for mm in _attention_matmuls(gather, info):
+        for mm in _attention_matmuls(gather):
             hit = _logits_to_softmax(mm, info)
             if hit is not None and all(mm is not s[0] for s in scored):
                 scored.append((mm, hit[0], hit[1], hit[2]))
