@@ -596,6 +596,16 @@ def test_aot_cli_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_aot_refuses_too_old_triton(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    triton = pytest.importorskip("triton", reason="the AOT step needs Triton")
+    from edge_biformer.kernels.aot import AotError, run_aot
+
+    monkeypatch.setattr(triton, "__version__", "3.2.0")
+    with pytest.raises(AotError, match=r"too old for the AOT step \(needs >= 3.3\)"):
+        run_aot(tmp_path / "x", [87])
+    assert not (tmp_path / "x").exists()
+
+
 CMAKE = shutil.which("cmake")
 
 

@@ -337,3 +337,19 @@ def test_cuda_jit_matches_contract_reference(name: str, dtype: torch.dtype) -> N
     o = routed_attention(q, k, v, r_idx, num_heads=case["heads"], scale=scale)
     ref = routed_attention_reference(q, k, v, r_idx, num_heads=case["heads"], scale=scale)
     assert_close_to_contract(o, ref, dtype)
+
+
+def test_old_triton_interpreter_with_new_numpy_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton < 3.7's interpreter breaks on numpy >= 2.4: say so instead of a deep InterpreterError."""
+    import numpy
+    import triton
+
+    from edge_biformer.kernels import routed
+
+    monkeypatch.setattr(routed, "_kernels", {})
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.0")
+    with pytest.raises(routed.KernelUnavailableError, match=r"triton>=3.7"):
+        routed_attention(*_ok(), num_heads=1, scale=1.0)
+    monkeypatch.setattr(numpy, "__version__", "2.3.5")
+    routed_attention(*_ok(), num_heads=1, scale=1.0)  # older numpy: fine

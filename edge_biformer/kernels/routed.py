@@ -15,6 +15,7 @@ imported, ``triton.jit`` itself returns interpreted kernels and CUDA tensors are
 from __future__ import annotations
 
 import math
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,30 @@ def _kernel(kind: str) -> Any:
             if kind == "jit":
                 _kernels[kind] = bra_triton.bra_fwd_kernel_jit
             else:
+                _check_interpreter_numpy()
                 from triton.runtime.interpreter import InterpretedFunction
 
                 _kernels[kind] = InterpretedFunction(bra_triton.bra_fwd_kernel)
         return _kernels[kind]
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = ([int(p) for p in re.findall(r"\d+", text)[:2]] + [0, 0])[:2]
+    return major, minor
+
+
+def _check_interpreter_numpy() -> None:
+    """Triton's interpreter before 3.7 cannot run loops with run-time bounds under numpy >= 2.4."""
+    import numpy
+    import triton
+
+    if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+        raise KernelUnavailableError(
+            f"routed_attention on CPU tensors runs the kernel under Triton's interpreter, which in "
+            f"Triton {triton.__version__} fails with numpy {numpy.__version__} (it converts 1-element "
+            f"arrays with int(), an error since numpy 2.4). Upgrade Triton (`pip install "
+            f"'triton>=3.7,<3.10'`) or use numpy < 2.4."
+        )
 
 
 def _fail(msg: str) -> KernelInputError:
