@@ -15,6 +15,7 @@ imported, ``triton.jit`` itself returns interpreted kernels and CUDA tensors are
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import threading
 from typing import TYPE_CHECKING, Any
@@ -148,7 +149,7 @@ def _geometry(
             f"r_idx has shape {list(r_idx.shape)}: its dim 1 must be S*S (the number of regions, "
             f"n_win**2), but {n_reg} is not a positive perfect square."
         )
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int):
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral):
         raise _fail(f"num_heads must be an int, got {num_heads!r}.")
     return Geometry(
         batch=n,
@@ -159,7 +160,7 @@ def _geometry(
         c_qk=c_qk,
         c_v=c_v,
         n_win=s,
-        num_heads=num_heads,
+        num_heads=int(num_heads),
         topk=topk,
     )
 
@@ -225,8 +226,8 @@ def routed_attention(
     import torch
 
     _check_tensors(q, k, v, r_idx)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise _fail(f"scale must be a float, got {scale!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise _fail(f"scale must be a finite float, got {scale!r}.")
     q, k, v = (t if t.stride(3) == 1 or t.shape[3] <= 1 else t.contiguous() for t in (q, k, v))
     r_idx = r_idx.contiguous()
     g = _geometry(q, k, v, r_idx, num_heads)
