@@ -11,7 +11,6 @@ from edge_biformer.models.bra import BiLevelRoutingAttention, pad_to_multiple
 from tests.conftest import REFERENCE_DIR, SMALL_W7
 
 
-
 def _block_inputs(
     model: torch.nn.Module, x: torch.Tensor
 ) -> list[tuple[BiLevelRoutingAttention, torch.Tensor]]:
