@@ -217,13 +217,37 @@ class BiLevelRoutingAttention(nn.Module):
             out = out[:, :height_in, :width_in, :]
         return out
 
-    def _forward_index(self, x: Tensor) -> Tensor:
-        s = self.n_win
-        q, k, v = self.qkv(x)  # NHWC maps: the op's q, k, v
-        q_reg, k_reg, v_reg = to_regions(q, s), to_regions(k, s), to_regions(v, s)
-        r_weight, r_idx = self.router(q_reg.mean([2, 3]), k_reg.mean([2, 3]))
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Projection and region routing of a (padded) NHWC map.
 
-        # Routed K/V by index: rows of the (N*S*S, tokens, C) region tables.
+        Returns ``q``, ``k``, ``v`` (NHWC maps: the inputs of the ``BiLevelRoutingAttention`` op),
+        the routing weights and ``r_idx`` (N, S*S, topk) int64.
+        """
+        q, k, v = self.qkv(x)
+        r_weight, r_idx = self._route_regions(to_regions(q, self.n_win), to_regions(k, self.n_win))
+        return q, k, v, r_weight, r_idx
+
+    def routed_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, r_idx: Tensor, r_weight: Tensor | None = None
+    ) -> Tensor:
+        """The ``BiLevelRoutingAttention`` op (``plugins/bra/README.md``) as this block computes it.
+
+        ``r_weight`` scales the routed K/V when the block uses ``soft_routing`` (not part of the op).
+        """
+        s = self.n_win
+        return self._attend_regions(to_regions(q, s), to_regions(k, s), to_regions(v, s), r_idx, r_weight)
+
+    def _route_regions(self, q_reg: Tensor, k_reg: Tensor) -> tuple[Tensor, Tensor]:
+        return self.router(q_reg.mean([2, 3]), k_reg.mean([2, 3]))
+
+    def _attend_regions(
+        self, q_reg: Tensor, k_reg: Tensor, v_reg: Tensor, r_idx: Tensor, r_weight: Tensor | None
+    ) -> Tensor:
+        """Routed attention on region-major maps; returns the NHWC output ``o``.
+
+        Routed K/V regions are rows of the (N*S*S, tokens, C) region tables picked by index.
+        """
+        s = self.n_win
         batch = r_idx.shape[0]
         offsets = torch.arange(batch, device=r_idx.device, dtype=r_idx.dtype).reshape(-1, 1, 1) * (s * s)
         flat_idx = (r_idx + offsets).reshape(-1)
@@ -231,7 +255,7 @@ class BiLevelRoutingAttention(nn.Module):
         tokens = k_tab.shape[1]
         k_sel = torch.index_select(k_tab, 0, flat_idx)  # (N*S*S*topk, tokens, Cqk)
         v_sel = torch.index_select(v_tab, 0, flat_idx)
-        if self.soft_routing:
+        if self.soft_routing and r_weight is not None:
             weight = r_weight.reshape(-1, 1, 1)
             k_sel, v_sel = k_sel * weight, v_sel * weight
         k_sel = k_sel.reshape(-1, self.topk * tokens, self.qk_dim)
@@ -239,7 +263,14 @@ class BiLevelRoutingAttention(nn.Module):
 
         _, _, h, w, _ = q_reg.shape
         out = self._attend(q_reg.reshape(-1, h * w, self.qk_dim), k_sel, v_sel)
-        out = from_regions(out.reshape(-1, s * s, h, w, self.dim), s)  # the op's output o
+        return from_regions(out.reshape(-1, s * s, h, w, self.dim), s)
+
+    def _forward_index(self, x: Tensor) -> Tensor:
+        s = self.n_win
+        q, k, v = self.qkv(x)  # NHWC maps: the op's q, k, v
+        q_reg, k_reg, v_reg = to_regions(q, s), to_regions(k, s), to_regions(v, s)
+        r_weight, r_idx = self._route_regions(q_reg, k_reg)
+        out = self._attend_regions(q_reg, k_reg, v_reg, r_idx, r_weight)  # the op's output o
         return out + self._lepe(v)
 
     def _forward_expand(self, x: Tensor) -> Tensor:
