@@ -248,6 +248,46 @@ def test_rewrite_keeps_qdq_nodes(exported, tmp_path: Path) -> None:
         assert _run_pair(quantized, out, (batch, 3, 224, 224), seed=batch) <= 1e-4
 
 
+def _to_float16(source: Path, target: Path) -> None:
+    """The whole graph in float16 (initializers, constants, casts, graph inputs and outputs)."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            values = onnx.numpy_helper.to_array(init).astype(np.float16)
+            init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                values = onnx.numpy_helper.to_array(attr.t).astype(np.float16)
+                attr.t.CopyFrom(onnx.numpy_helper.from_array(values, attr.t.name))
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+    for value in (*graph.input, *graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del graph.value_info[:]
+    onnx.save(model, str(target))
+
+
+def test_rewrite_float16_graph(exported, tmp_path: Path) -> None:
+    half = tmp_path / "small_fp16.onnx"
+    _to_float16(exported("small_ts"), half)
+    out = tmp_path / "small_fp16.plugin.onnx"
+    report = rewrite_onnx(half, out)
+    assert report.replaced == 4 and report.output_check is not None
+    assert report.output_check.tolerance == 2e-2 and report.output_check.max_rel_diff <= 2e-3
+    model = onnx.load(str(out))
+    value_info = {v.name: v for v in model.graph.value_info}
+    for node in (n for n in model.graph.node if n.op_type == OP_TYPE):
+        assert value_info[node.output[0]].type.tensor_type.elem_type == TensorProto.FLOAT16
+    x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float16)
+    expected = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = edge_biformer.cpu_session(out).run(None, {"input": x})[0]
+    assert got.dtype == np.float16
+    rel = float(np.abs(got.astype(np.float32) - expected).max() / np.abs(expected.astype(np.float32)).max())
+    assert rel <= 2e-3
+
+
 def test_soft_routing_is_reported_not_rewritten(exported, tmp_path: Path) -> None:
     out = tmp_path / "soft.plugin.onnx"
     with pytest.raises(RewriteError, match=r"4 BRA block\(s\) match only in part.*soft routing") as err:
