@@ -2,11 +2,18 @@
  * How the creator reaches TensorRT's plugin registry (see plugins/bra/README.md, Registration).
  *
  * 1. Load time (what REGISTER_TENSORRT_PLUGIN does): ctypes.CDLL, `polygraphy --plugins`,
- *    `trtexec --plugins/--staticPlugins`, DeepStream's custom-lib-path and a plain dlopen() only load the
- *    library, so it registers its creator while it is being loaded. The registry is found in the
- *    TensorRT that is already loaded in the process, resolved at run time: the library does not link
- *    libnvinfer (version-compatible plans and the lean runtime require plugin libraries without that
- *    dependency), so the literal macro, which imports getPluginRegistry at link time, is not used.
+ *    `trtexec --staticPlugins`, DeepStream's custom-lib-path and a plain dlopen() only load the
+ *    library, so it registers its creator while it is being loaded, into the registry of the TensorRT
+ *    runtime of the process, found at run time in this order:
+ *      a. libnvinfer.so.<major of the headers> if it is already loaded (RTLD_NOLOAD: Python's tensorrt
+ *         module loads it with RTLD_LOCAL, so it is not in the global scope);
+ *      b. a getPluginRegistry() in the global scope (an application linked against a lean runtime);
+ *      c. if the lean or dispatch runtime is loaded, nothing: they load plugins with loadLibrary (2.);
+ *      d. otherwise libnvinfer.so.<major> from the library search path, as a DT_NEEDED entry would do
+ *         (polygraphy loads plugin libraries before it imports TensorRT).
+ *    The library does not link libnvinfer (plugin libraries serialized into version-compatible plans
+ *    or loaded by the lean runtime must not), so the literal REGISTER_TENSORRT_PLUGIN macro, which
+ *    imports getPluginRegistry at link time, is replaced by this registrar.
  * 2. IPluginRegistry::loadLibrary (`trtexec --dynamicPlugins`, registry.load_library, plugin
  *    libraries serialized into version-compatible plans): TensorRT calls the exported
  *    setLoggerFinder() and getCreators() and registers what getCreators() returns.
@@ -41,6 +48,8 @@ using GetVersionFn = int32_t (*)() noexcept;
 
 //! The TensorRT runtime of the headers this library was compiled against, e.g. "libnvinfer.so.10".
 constexpr char const* kNVINFER_SONAME = "libnvinfer.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
+constexpr char const* kNVINFER_LEAN_SONAME = "libnvinfer_lean.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
+constexpr char const* kNVINFER_DISPATCH_SONAME = "libnvinfer_dispatch.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
 constexpr char const* kBUILT_AGAINST = "TensorRT " EB_STRINGIFY(NV_TENSORRT_MAJOR) "." EB_STRINGIFY(
     NV_TENSORRT_MINOR) "." EB_STRINGIFY(NV_TENSORRT_PATCH);
 
@@ -99,13 +108,39 @@ private:
             // Another TensorRT library in the global scope (a lean runtime linked by the application).
             getRegistry = symbolAs<GetRegistryFn>(RTLD_DEFAULT, "getPluginRegistry");
         }
+        if (getRegistry == nullptr)
+        {
+            if (void* lean = dlopen(kNVINFER_LEAN_SONAME, RTLD_LAZY | RTLD_NOLOAD))
+            {
+                dlclose(lean);
+                mStatus += std::string{"not registered at load time, because the process runs the lean TensorRT "
+                                       "runtime ("}
+                    + kNVINFER_LEAN_SONAME + "), which loads plugin libraries with IPluginRegistry::loadLibrary";
+                return;
+            }
+            if (void* dispatch = dlopen(kNVINFER_DISPATCH_SONAME, RTLD_LAZY | RTLD_NOLOAD))
+            {
+                dlclose(dispatch);
+                mStatus += std::string{"not registered at load time, because the process runs the dispatch "
+                                       "TensorRT runtime ("}
+                    + kNVINFER_DISPATCH_SONAME + "), which loads plugin libraries with IPluginRegistry::loadLibrary";
+                return;
+            }
+            // Nothing of TensorRT is loaded yet (polygraphy --plugins loads plugin libraries before it imports
+            // TensorRT): load the runtime the way a DT_NEEDED entry would, from the library search path.
+            tensorrt = dlopen(kNVINFER_SONAME, RTLD_LAZY | RTLD_LOCAL);
+            getRegistry = tensorrt != nullptr ? symbolAs<GetRegistryFn>(tensorrt, "getPluginRegistry") : nullptr;
+        }
         Dl_info info{};
         if (getRegistry == nullptr || dladdr(reinterpret_cast<void*>(getRegistry), &info) == 0
             || info.dli_fname == nullptr)
         {
-            mStatus += std::string{"not registered at load time, because no TensorRT runtime ("} + kNVINFER_SONAME
-                + ") is loaded in this process; load TensorRT first (e.g. import tensorrt) or load the library with "
-                  "IPluginRegistry::loadLibrary, which uses getCreators()";
+            mStatus += std::string{"not registered at load time, because no TensorRT runtime is loaded in this "
+                                   "process and "}
+                + kNVINFER_SONAME
+                + " is not on the library search path; load TensorRT first (e.g. import tensorrt), add its lib "
+                  "directory to LD_LIBRARY_PATH, or load the library with IPluginRegistry::loadLibrary, which uses "
+                  "getCreators()";
             return;
         }
         if (tensorrt == nullptr)
