@@ -62,8 +62,6 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-command -v cmake >/dev/null 2>&1 || die "cmake is not installed (apt-get install cmake, or pip install cmake)."
-
 # Fail early, with the fix, when the TensorRT headers cannot be found (CMake would say the same later).
 header_dirs=()
 [[ -n "${tensorrt_include}" ]] && header_dirs+=("${tensorrt_include}")
@@ -84,6 +82,8 @@ if [[ -z "${found_header}" ]]; then
         "(a TensorRT tar/zip installation) or --tensorrt-include DIR, or set TENSORRT_ROOT; on JetPack install" \
         "the libnvinfer-dev package. TensorRT 10.0 or newer is required."
 fi
+
+command -v cmake >/dev/null 2>&1 || die "cmake (3.18 or newer) is not installed: apt-get install cmake, or pip install cmake."
 
 # Build for the GPU of this machine when none is given (what someone building on the target wants).
 if [[ -z "${cuda_architectures}" ]] && command -v nvidia-smi >/dev/null 2>&1; then
