@@ -7,7 +7,8 @@ these tests skip there, saying so). What they do:
   CUDA driver) with AddressSanitizer/UBSan/LeakSanitizer and ``-Wall -Wextra -Werror``, and run it;
 - run the registration test in every loading scenario against fake TensorRT runtimes;
 - (slow) build ``libedge_biformer_plugins.so`` itself with ``scripts/build_plugins.sh`` (AOT kernels
-  included) and check its ELF interface: exported entry points, dependencies, no libnvinfer import.
+  included) and check its ELF interface: exported entry points, dependencies, no libnvinfer import;
+  run the plugin with the generated launcher on the kernel step's mock CUDA driver.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _elf(tool: list[str], path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_plugin_library_builds_and_exports_only_the_entry_points(tmp_path):
+def test_plugin_library_build_interface_and_kernel_integration(tmp_path):
     include = _tensorrt_include()
     build = tmp_path / "build"
     archs = os.environ.get("CUDA_ARCHITECTURES", "87")
@@ -157,10 +158,21 @@ def test_plugin_library_builds_and_exports_only_the_entry_points(tmp_path):
             str(build),
             "--jobs",
             "2",
+            "--cmake-arg",
+            "-DEB_BUILD_INTEGRATION_TEST=ON",
+            "--cmake-arg",
+            "-DEB_SANITIZE=ON",
         ]
     )
     library = build / "libedge_biformer_plugins.so"
     assert library.is_file()
+
+    # The plugin with the generated launcher, on the kernel step's mock CUDA driver.
+    manifest = json.loads((build / "eb_bra_kernels" / "manifest.json").read_text())
+    codes = {"ptr": "p", "*i32": "p", "i32": "i", "fp32": "f"}
+    layout = "".join(codes[p["type"]] for p in manifest["params"])
+    proc = _run([str(build / "bra_plugin_integration_test"), layout])
+    assert re.search(r"bra_plugin_integration_test: (\d+)/\1 checks passed", proc.stdout), proc.stdout
 
     dynamic = _elf(["readelf", "-d", "-W"], library)
     needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic))
