@@ -162,6 +162,8 @@ def test_plugin_library_build_interface_and_kernel_integration(tmp_path):
             "-DEB_BUILD_INTEGRATION_TEST=ON",
             "--cmake-arg",
             "-DEB_SANITIZE=ON",
+            "--cmake-arg",
+            "-DEB_BUILD_HOST_TESTS=ON",
         ]
     )
     library = build / "libedge_biformer_plugins.so"
@@ -190,3 +192,24 @@ def test_plugin_library_build_interface_and_kernel_integration(tmp_path):
     tensorrt_imports = {s for s in imports if "nvinfer" in s or s in ("getPluginRegistry", "getLogger")}
     assert not tensorrt_imports, f"TensorRT symbols imported at link time: {tensorrt_imports}"
     assert not {s for s in imports if s.startswith("cuda")}, "the CUDA runtime must not be used"
+
+    # The shipped binary's registration, in the scenarios of test_registration. The driver symbols
+    # are bound lazily and never called; without a driver, the soname placeholder stands in for it.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_LIBRARY_PATH", "LD_BIND_NOW", "EB_FAKE_TRT_MAJOR")
+    }
+    stub = build / "cuda_soname_stub"
+    if stub.is_dir():
+        env["LD_LIBRARY_PATH"] = str(stub)
+    else:
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            pytest.skip("libcuda.so was found at build time but libcuda.so.1 cannot be loaded here")
+    for mode in ("dlopen", "loadLibrary", "dlopen+loadLibrary", "lean", "lean-only"):
+        proc = _run(
+            [str(build / "registration_test"), mode, str(library), str(build / "fake_tensorrt")], env=env
+        )
+        assert f"registration_test {mode}: passed" in proc.stdout

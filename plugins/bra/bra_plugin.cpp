@@ -161,6 +161,11 @@ std::string readStringField(PluginField const& field, std::string& value)
     {
         return std::string{"field '"} + field.name + "' must be a string (kCHAR), got " + fieldTypeName(field.type);
     }
+    if (field.length == 0)
+    {
+        value.clear();
+        return {};
+    }
     value.assign(static_cast<char const*>(field.data), static_cast<size_t>(field.length));
     auto const end = value.find('\0');
     if (end != std::string::npos)
