@@ -105,6 +105,7 @@ REGISTRATION_MODES = [
     "no-tensorrt",
     "major-mismatch",
     "second-copy",
+    "opt-out",
 ]
 
 
@@ -113,9 +114,12 @@ def test_registration(host_build, mode, tmp_path):
     major = _tensorrt_major(_tensorrt_include())
     plugin = host_build / "registration_plugin" / "libedge_biformer_plugins.so"
     fake_trt = host_build / "fake_tensorrt"
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "EB_FAKE_TRT_MAJOR")}
+    cleared = ("LD_LIBRARY_PATH", "EB_FAKE_TRT_MAJOR", "EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION")
+    env = {k: v for k, v in os.environ.items() if k not in cleared}
     args = [str(host_build / "registration_test"), mode, str(plugin), str(fake_trt)]
-    if mode == "search-path":
+    if mode == "opt-out":
+        env["EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION"] = "0"
+    elif mode == "search-path":
         env["LD_LIBRARY_PATH"] = str(fake_trt)
     elif mode == "major-mismatch":
         env["EB_FAKE_TRT_MAJOR"] = str(major + 1)

@@ -210,6 +210,7 @@ def _run(trt, engine, q, k, v, r_idx) -> torch.Tensor:
         context.set_tensor_address(name, tensor.data_ptr())
     context.set_tensor_address("o", o.data_ptr())
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs were written on the current stream
     assert context.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
     return o
@@ -263,7 +264,8 @@ def test_engine_matches_reference(trt, logger, loaded_plugin, case, dtype):
     scale = spec["c_qk"] ** -0.5
     plan = _build(trt, logger, loaded_plugin, shapes[0], dtype, scale, shapes)
     assert plan is not None, "engine build failed (see the TensorRT log)"
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    runtime = trt.Runtime(logger)  # kept alive as long as its engine
+    engine = runtime.deserialize_cuda_engine(plan)
     for i, shape in enumerate(shapes):
         q, k, v, r_idx = _inputs(shape, dtype, device="cuda", seed=i)
         o = _run(trt, engine, q, k, v, r_idx)
@@ -279,8 +281,9 @@ def test_serialize_deserialize_round_trip(trt, logger, loaded_plugin, tmp_path):
     plan = _build(trt, logger, loaded_plugin, shape, torch.float16, scale, [shape])
     path = tmp_path / "bra.engine"
     path.write_bytes(bytes(plan))
-    first = trt.Runtime(logger).deserialize_cuda_engine(plan)
-    second = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+    runtimes = [trt.Runtime(logger), trt.Runtime(logger)]
+    first = runtimes[0].deserialize_cuda_engine(plan)
+    second = runtimes[1].deserialize_cuda_engine(path.read_bytes())
     assert second is not None
     q, k, v, r_idx = _inputs(shape, torch.float16, device="cuda", seed=3)
     a = _run(trt, first, q, k, v, r_idx)
@@ -351,6 +354,8 @@ def test_onnx_node_is_parsed_into_the_plugin(trt, logger, loaded_plugin, tmp_pat
         graph,
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(CONTRACT["onnx"]["domain"], 1)],
     )
+    model.ir_version = 8  # opset 17 needs IR >= 8; the parsers of TensorRT 10.0+ accept it
+    onnx.save(model, tmp_path / "bra.onnx")  # kept for inspection when the test fails
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
@@ -369,7 +374,8 @@ def test_onnx_node_is_parsed_into_the_plugin(trt, logger, loaded_plugin, tmp_pat
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     assert plan is not None
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(plan)
     q, k, v, r_idx = _inputs(shape, torch.float32, device="cuda", seed=5)
     o = _run(trt, engine, q, k, v, r_idx)
     _check(
@@ -377,7 +383,6 @@ def test_onnx_node_is_parsed_into_the_plugin(trt, logger, loaded_plugin, tmp_pat
         bra_reference(q.cpu(), k.cpu(), v.cpu(), r_idx.cpu(), shape["n_win"], shape["heads"], scale),
         torch.float32,
     )
-    onnx.save(model, tmp_path / "bra.onnx")  # kept for inspection when the test fails
 
 
 _REGISTRATION_SCRIPT = textwrap.dedent(

@@ -30,6 +30,7 @@
 #include <dlfcn.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #define EB_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -48,6 +49,8 @@ using GetVersionFn = int32_t (*)() noexcept;
 
 //! The TensorRT runtime of the headers this library was compiled against, e.g. "libnvinfer.so.10".
 constexpr char const* kNVINFER_SONAME = "libnvinfer.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
+//! Set to 0 to leave registration to IPluginRegistry::loadLibrary alone (no load-time registration).
+constexpr char const* kSTATIC_REGISTRATION_ENV = "EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION";
 constexpr char const* kNVINFER_LEAN_SONAME = "libnvinfer_lean.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
 constexpr char const* kNVINFER_DISPATCH_SONAME = "libnvinfer_dispatch.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
 constexpr char const* kBUILT_AGAINST = "TensorRT " EB_STRINGIFY(NV_TENSORRT_MAJOR) "." EB_STRINGIFY(
@@ -99,6 +102,13 @@ private:
     {
         mStatus = std::string{kBRA_PLUGIN_NAME} + " version " + kBRA_PLUGIN_VERSION + " (namespace "
             + kBRA_PLUGIN_NAMESPACE + "), built against " + kBUILT_AGAINST + " headers: ";
+        char const* optOut = std::getenv(kSTATIC_REGISTRATION_ENV);
+        if (optOut != nullptr && std::string{optOut} == "0")
+        {
+            mStatus += std::string{"not registered at load time ("} + kSTATIC_REGISTRATION_ENV
+                + "=0); IPluginRegistry::loadLibrary gets the creator from getCreators()";
+            return;
+        }
         // Python's tensorrt module loads libnvinfer with RTLD_LOCAL, so look for it by soname first;
         // RTLD_NOLOAD only finds a library that is already loaded, it never loads one.
         void* tensorrt = dlopen(kNVINFER_SONAME, RTLD_LAZY | RTLD_NOLOAD);

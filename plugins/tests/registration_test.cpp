@@ -182,6 +182,16 @@ int main(int argc, char** argv)
         expect(count(full.registry) == 0, "nothing registered into a TensorRT of another major version");
         expect(contains(status(lib), "rebuild it with TENSORRT_ROOT pointing at TensorRT"), "status: " + status(lib));
     }
+    else if (mode == "opt-out")
+    {
+        // Run with EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION=0: only loadLibrary registers.
+        Runtime full = openRuntime(fakeDir + "/" + kFULL, kLocal);
+        void* lib = dlopen(plugin.c_str(), kLocal);
+        expect(lib != nullptr && count(full.registry) == 0, "no load-time registration");
+        expect(contains(status(lib), "EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION=0"), "status: " + status(lib));
+        expect(full.registry->loadLibrary(plugin.c_str()) != nullptr, "loadLibrary succeeds");
+        expect(count(full.registry) == 1, "loadLibrary registered the creator");
+    }
     else if (mode == "second-copy" && argc == 5)
     {
         Runtime full = openRuntime(fakeDir + "/" + kFULL, kLocal);
