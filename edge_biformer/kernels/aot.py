@@ -40,6 +40,8 @@ from edge_biformer.utils import atomic_output, log, stage
 
 #: The Triton release the checked-in expectations (and the plugin's release builds) use.
 PINNED_TRITON = "3.9.0"
+#: Oldest Triton whose ``triton.compile`` API the AOT step uses (ASTSource(constexprs=..., attrs=...)).
+MIN_TRITON = (3, 3)
 #: Default target architectures: Turing to Blackwell, Jetson Orin (87) and Thor (110) included.
 DEFAULT_ARCHS: tuple[int, ...] = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
 #: Environment of the compiler processes: no line info (smaller images, no source paths inside),
@@ -149,6 +151,10 @@ def compile_variant(variant: Variant, arch: int) -> Image:
         raise AotError(f"variant {variant.name} for sm_{arch} needs clusters or cooperative launch")
     if getattr(md, "launch_pdl", False):
         raise AotError(f"variant {variant.name} for sm_{arch} needs programmatic dependent launch")
+    if int(md.num_warps) != variant.num_warps:
+        raise AotError(
+            f"variant {variant.name} compiled with {md.num_warps} warps, expected {variant.num_warps}"
+        )
     if md.name != bra_triton.KERNEL_NAME:
         raise AotError(f"compiled kernel is named {md.name}, expected {bra_triton.KERNEL_NAME}")
     ptx: str = compiled.asm["ptx"]
@@ -311,6 +317,12 @@ def run_aot(
 
     from edge_biformer.kernels import _cgen
 
+    version = tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
+    if version < MIN_TRITON:
+        raise AotError(
+            f"Triton {triton.__version__} is too old for the AOT step (needs >= "
+            f"{'.'.join(map(str, MIN_TRITON))}); pip install 'triton=={PINNED_TRITON}'"
+        )
     archs = sorted(set(int(a) for a in archs))
     if not archs:
         raise AotError("no target architecture given (--arch)")

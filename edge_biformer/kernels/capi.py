@@ -125,6 +125,16 @@ def build_launcher(
         str(out),
     ]
     if not mock:
+        # Link against the driver, or the toolkit's stubs where no unversioned libcuda.so is installed;
+        # at run time the soname libcuda.so.1 resolves to the driver.
+        for d in (
+            "lib64/stubs",
+            "lib/stubs",
+            "targets/x86_64-linux/lib/stubs",
+            "targets/sbsa-linux/lib/stubs",
+        ):
+            if (inc.parent / d / "libcuda.so").is_file():
+                cmd.append(f"-L{inc.parent / d}")
         cmd.append("-lcuda")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

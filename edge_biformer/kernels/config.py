@@ -21,9 +21,10 @@ A call is classified by
 and :data:`TILES` gives the tiles of each class: ``BLOCK_M`` query tokens per program (16, the
 smallest tensor-core M, for small regions; 64, or 32 for fp32 with ``BLOCK_D = 128``, for large
 ones), ``BLOCK_N`` routed key tokens per step and ``num_warps``. The entries were chosen from
-ptxas's register report so that no variant spills on sm_87 and every one needs less than 48 KB of
-shared memory on all targets; ``docs/kernel.md`` explains them and ``scripts/bench_kernel.py
---tune`` re-measures alternatives on a GPU.
+ptxas's register report so that no variant spills on sm_87, and so that shared memory stays below
+48 KB (no opt-in) everywhere except the fp16 ``BLOCK_D = 128`` large-region tile on sm_90+
+(wgmma/tcgen05 staging, up to 52 KB, opted in by the launcher). ``docs/kernel.md`` explains them;
+``scripts/bench_kernel.py --tune`` re-measures alternatives on a GPU.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ imported, ``triton.jit`` itself returns interpreted kernels and CUDA tensors are
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +65,30 @@ def _kernel(kind: str) -> Any:
             if kind == "jit":
                 _kernels[kind] = bra_triton.bra_fwd_kernel_jit
             else:
+                _check_interpreter_numpy()
                 from triton.runtime.interpreter import InterpretedFunction
 
                 _kernels[kind] = InterpretedFunction(bra_triton.bra_fwd_kernel)
         return _kernels[kind]
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = ([int(p) for p in re.findall(r"\d+", text)[:2]] + [0, 0])[:2]
+    return major, minor
+
+
+def _check_interpreter_numpy() -> None:
+    """Triton's interpreter before 3.7 cannot run loops with run-time bounds under numpy >= 2.4."""
+    import numpy
+    import triton
+
+    if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+        raise KernelUnavailableError(
+            f"routed_attention on CPU tensors runs the kernel under Triton's interpreter, which in "
+            f"Triton {triton.__version__} fails with numpy {numpy.__version__} (it converts 1-element "
+            f"arrays with int(), an error since numpy 2.4). Upgrade Triton (`pip install "
+            f"'triton>=3.7,<3.10'`) or use numpy < 2.4."
+        )
 
 
 def _fail(msg: str) -> KernelInputError:
@@ -127,7 +149,7 @@ def _geometry(
             f"r_idx has shape {list(r_idx.shape)}: its dim 1 must be S*S (the number of regions, "
             f"n_win**2), but {n_reg} is not a positive perfect square."
         )
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int):
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral):
         raise _fail(f"num_heads must be an int, got {num_heads!r}.")
     return Geometry(
         batch=n,
@@ -138,7 +160,7 @@ def _geometry(
         c_qk=c_qk,
         c_v=c_v,
         n_win=s,
-        num_heads=num_heads,
+        num_heads=int(num_heads),
         topk=topk,
     )
 
@@ -204,8 +226,8 @@ def routed_attention(
     import torch
 
     _check_tensors(q, k, v, r_idx)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise _fail(f"scale must be a float, got {scale!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise _fail(f"scale must be a finite float, got {scale!r}.")
     q, k, v = (t if t.stride(3) == 1 or t.shape[3] <= 1 else t.contiguous() for t in (q, k, v))
     r_idx = r_idx.contiguous()
     g = _geometry(q, k, v, r_idx, num_heads)

@@ -3,8 +3,8 @@
  * CUDA stubs library, or the mock driver mock_cuda.c) and checks the BiFormer-T stage shapes at
  * 224x224 with eb_bra_check, which makes no CUDA call.
  *
- *   cc -std=c11 -I plugins/bra -I <aot dir> -I $CUDA/include plugins/bra/aot/harness.c \
- *      <aot dir>/*.c -L $CUDA/lib64/stubs -lcuda -o harness
+ *   cc -std=c11 -I plugins/bra -I $AOT -I $CUDA/include plugins/bra/aot/harness.c \
+ *      $AOT/bra_launch.c $AOT/bra_images_*.c -L $CUDA/lib64/stubs -lcuda -o harness
  *   ./harness 87        # compute capability to check for (0: shapes only)
  *
  * Exit status 0 when every stage is accepted.
