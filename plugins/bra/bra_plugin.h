@@ -1,0 +1,188 @@
+/*
+ * BiLevelRoutingAttention: TensorRT IPluginV3 plugin (IPluginV3OneCore/Build/Runtime) and its
+ * IPluginCreatorV3One. The op contract is plugins/bra/README.md; the kernels are reached only
+ * through the C launch interface bra_launch.h.
+ *
+ * Object lifecycle, as TensorRT drives it:
+ *   build phase   creator.createPlugin(name, fields, kBUILD) -> clone() -> getOutputDataTypes /
+ *                 getOutputShapes / supportsFormatCombination / configurePlugin (validation at
+ *                 network build time) -> attachToContext() for the clones that TensorRT times
+ *                 -> getFieldsToSerialize() when the plan is written.
+ *   runtime phase creator.createPlugin(name, serialized fields, kRUNTIME) -> attachToContext()
+ *                 once per IExecutionContext (loads the kernel module into the CUDA context that
+ *                 is current there) -> onShapeChange() (validates, caches the launch params) ->
+ *                 enqueue() (one eb_bra_launch: no allocation, no synchronisation).
+ */
+#ifndef EDGE_BIFORMER_BRA_PLUGIN_H
+#define EDGE_BIFORMER_BRA_PLUGIN_H
+
+#include "bra_launch.h"
+
+#include <NvInferRuntime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace edge_biformer
+{
+namespace plugin
+{
+
+//! Identity of the op (plugins/bra/BiLevelRoutingAttention.json).
+constexpr char const* kBRA_PLUGIN_NAME = "BiLevelRoutingAttention";
+constexpr char const* kBRA_PLUGIN_VERSION = "1";
+constexpr char const* kBRA_PLUGIN_NAMESPACE = "edge_biformer";
+
+//! Number of plugin inputs (q, k, v, r_idx) and outputs (o).
+constexpr int32_t kBRA_NB_INPUTS = 4;
+constexpr int32_t kBRA_NB_OUTPUTS = 1;
+
+//! The creation attributes of one BiLevelRoutingAttention layer.
+struct BraAttributes
+{
+    int32_t nWin{0};
+    int32_t numHeads{0};
+    int32_t topk{0};
+    float scale{0.0F};
+};
+
+//! Parse and validate plugin fields (from the ONNX parser, an application or a serialized plan).
+//! Returns an empty string on success, else a one-line description of what is wrong and how to fix
+//! it. Unknown field names are errors; the string fields plugin_version/plugin_namespace that the
+//! ONNX node carries are accepted when they name this plugin.
+std::string parseAttributes(nvinfer1::PluginFieldCollection const* fc, BraAttributes& out) noexcept;
+
+//! Check the attributes themselves (n_win >= 1, num_heads >= 1, 1 <= topk <= n_win^2, finite scale).
+std::string validateAttributes(BraAttributes const& attrs) noexcept;
+
+//! Check concrete input shapes against the op contract and fill the launch parameters.
+//! `what` names the shapes in messages (e.g. "runtime shapes", "profile kMIN shapes").
+std::string checkShapes(BraAttributes const& attrs, nvinfer1::Dims const& q, nvinfer1::Dims const& k,
+    nvinfer1::Dims const& v, nvinfer1::Dims const& rIdx, char const* what, eb_bra_params_t* params) noexcept;
+
+//! Deleter of the kernel module handle (eb_bra_module_unload is safe on NULL).
+struct BraModuleDeleter
+{
+    void operator()(eb_bra_module_t module) const noexcept
+    {
+        eb_bra_module_unload(module);
+    }
+};
+using BraModulePtr = std::unique_ptr<struct eb_bra_module, BraModuleDeleter>;
+
+class BiLevelRoutingAttentionPlugin final : public nvinfer1::IPluginV3,
+                                            public nvinfer1::IPluginV3OneCore,
+                                            public nvinfer1::IPluginV3OneBuild,
+                                            public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    BiLevelRoutingAttentionPlugin(std::string layerName, BraAttributes const& attrs);
+    ~BiLevelRoutingAttentionPlugin() override = default;
+
+    BiLevelRoutingAttentionPlugin(BiLevelRoutingAttentionPlugin const&) = delete;
+    BiLevelRoutingAttentionPlugin& operator=(BiLevelRoutingAttentionPlugin const&) = delete;
+    BiLevelRoutingAttentionPlugin(BiLevelRoutingAttentionPlugin&&) = delete;
+    BiLevelRoutingAttentionPlugin& operator=(BiLevelRoutingAttentionPlugin&&) = delete;
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+    nvinfer1::IPluginV3* clone() noexcept override;
+
+    // IPluginV3OneCore
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+
+    // IPluginV3OneBuild
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    int32_t getNbOutputs() const noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    char const* getTimingCacheID() noexcept override;
+    char const* getMetadataString() noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+        int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+    //! Attributes (for tests and diagnostics).
+    BraAttributes const& attributes() const noexcept
+    {
+        return mAttrs;
+    }
+    //! Whether a kernel module is loaded (attached to an execution context).
+    bool hasKernelModule() const noexcept
+    {
+        return mModule != nullptr;
+    }
+
+private:
+    //! A copy with the same attributes and configuration, but no kernel module and no error recorder
+    //! (both belong to one execution context).
+    std::unique_ptr<BiLevelRoutingAttentionPlugin> copyConfiguration() const;
+    //! Load the kernels into the current CUDA context. Returns an empty string on success.
+    std::string loadKernelModule() noexcept;
+    //! Log an error (logger and, when attached, the execution context's error recorder).
+    void reportError(nvinfer1::ErrorCode code, std::string const& message) const noexcept;
+    std::string describe() const;
+
+    std::string mLayerName;
+    BraAttributes mAttrs;
+    //! Compute capability (major*10+minor) of the device the kernels were loaded for; -1 if unknown.
+    int32_t mSm{-1};
+    //! Launch parameters of the current shapes (onShapeChange), valid if mParamsValid.
+    eb_bra_params_t mParams{};
+    bool mParamsValid{false};
+    BraModulePtr mModule;
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
+
+    // Storage behind the pointers that TensorRT reads after the calls return.
+    std::vector<nvinfer1::PluginField> mSerialFields;
+    nvinfer1::PluginFieldCollection mSerialFc{};
+    std::string mMetadata;
+};
+
+class BiLevelRoutingAttentionCreator final : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    BiLevelRoutingAttentionCreator();
+    ~BiLevelRoutingAttentionCreator() override = default;
+
+    BiLevelRoutingAttentionCreator(BiLevelRoutingAttentionCreator const&) = delete;
+    BiLevelRoutingAttentionCreator& operator=(BiLevelRoutingAttentionCreator const&) = delete;
+    BiLevelRoutingAttentionCreator(BiLevelRoutingAttentionCreator&&) = delete;
+    BiLevelRoutingAttentionCreator& operator=(BiLevelRoutingAttentionCreator&&) = delete;
+
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+private:
+    std::vector<nvinfer1::PluginField> mFieldNames;
+    nvinfer1::PluginFieldCollection mFc{};
+};
+
+//! The creator of this library instance (one per loaded copy of the library).
+BiLevelRoutingAttentionCreator& braCreator() noexcept;
+
+} // namespace plugin
+} // namespace edge_biformer
+
+#endif // EDGE_BIFORMER_BRA_PLUGIN_H

@@ -1,0 +1,213 @@
+/*
+ * Integration test of the plugin with the real generated kernel launcher (bra_launch.c and the AOT
+ * images), on the mock CUDA driver of the kernel step (plugins/bra/aot/mock_cuda.c) plus the few
+ * driver calls the plugin makes itself (mock_cuda_extras.c). No GPU: the mock records what would be
+ * launched. Checks that attachToContext loads the images for the device, that onShapeChange/enqueue
+ * hand the right tensors and stream to one cuLaunchKernel, that modules are unloaded with the plugin,
+ * and that kernel-level refusals (unsupported head dims, no image for the GPU, launch errors) surface
+ * as plugin errors with their fix.
+ *
+ *   bra_plugin_integration_test PARAM_LAYOUT   ('p'/'i'/'f' per kernel parameter, from manifest.json)
+ */
+#include "bra_logging.h"
+#include "bra_plugin.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <string>
+
+extern "C"
+{
+    typedef struct mock_cuda_launch
+    {
+        void const* image;
+        char const* function_name;
+        unsigned int grid[3];
+        unsigned int block[3];
+        unsigned int shared;
+        uint64_t stream;
+        int n_params;
+        uint64_t params[64];
+    } mock_cuda_launch_t;
+
+    void mock_cuda_reset(void);
+    void mock_cuda_set_device(int major, int minor, int shared_optin);
+    void mock_cuda_set_launch_failure(CUresult result);
+    int mock_cuda_set_param_layout(char const* layout);
+    int mock_cuda_live_modules(void);
+    int mock_cuda_launch_count(void);
+    int mock_cuda_last_launch(mock_cuda_launch_t* out);
+    extern int eb_mock_extras_no_context;
+}
+
+namespace
+{
+
+using namespace edge_biformer::plugin;
+using nvinfer1::DataType;
+using nvinfer1::PluginField;
+using nvinfer1::PluginFieldCollection;
+using nvinfer1::PluginFieldType;
+using nvinfer1::PluginTensorDesc;
+
+int gChecks = 0;
+int gFailures = 0;
+
+#define CHECK(cond)                                                                                                    \
+    do                                                                                                                 \
+    {                                                                                                                  \
+        ++gChecks;                                                                                                     \
+        if (!(cond))                                                                                                   \
+        {                                                                                                              \
+            ++gFailures;                                                                                               \
+            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";                                 \
+        }                                                                                                              \
+    } while (false)
+
+class CapturingLogger : public nvinfer1::ILogger
+{
+public:
+    void log(Severity severity, char const* msg) noexcept override
+    {
+        if (severity <= Severity::kWARNING)
+        {
+            last = msg;
+        }
+    }
+    std::string last;
+};
+CapturingLogger gLogger;
+nvinfer1::ILogger* testGetLogger() noexcept
+{
+    return &gLogger;
+}
+
+PluginTensorDesc desc(std::initializer_list<int64_t> shape, DataType type)
+{
+    PluginTensorDesc t{};
+    t.dims.nbDims = static_cast<int32_t>(shape.size());
+    int32_t i = 0;
+    for (int64_t d : shape)
+    {
+        t.dims.d[i++] = d;
+    }
+    t.type = type;
+    t.format = nvinfer1::TensorFormat::kLINEAR;
+    t.scale = -1.0F;
+    return t;
+}
+
+nvinfer1::IPluginV3OneRuntime* runtime(nvinfer1::IPluginV3* p)
+{
+    return static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+}
+
+nvinfer1::IPluginV3OneBuild* build(nvinfer1::IPluginV3* p)
+{
+    return static_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 2)
+    {
+        std::cerr << "usage: bra_plugin_integration_test PARAM_LAYOUT\n";
+        return 2;
+    }
+    std::string const layout{argv[1]};
+    setProcessLoggerGetter(&testGetLogger);
+    mock_cuda_reset();
+    CHECK(mock_cuda_set_param_layout(layout.c_str()) == 0);
+    mock_cuda_set_device(8, 7, 166912); // Jetson Orin
+
+    // BiFormer-S stage 1 at 224: 28x28 map, n_win 7, 4 heads of 32, topk 4.
+    int32_t nWin = 7;
+    int32_t heads = 4;
+    int32_t topk = 4;
+    float scale = 1.0F / std::sqrt(128.0F);
+    PluginField const fields[] = {PluginField{"n_win", &nWin, PluginFieldType::kINT32, 1},
+        PluginField{"num_heads", &heads, PluginFieldType::kINT32, 1},
+        PluginField{"topk", &topk, PluginFieldType::kINT32, 1},
+        PluginField{"scale", &scale, PluginFieldType::kFLOAT32, 1}};
+    PluginFieldCollection const fc{4, fields};
+    std::unique_ptr<nvinfer1::IPluginV3> plugin{braCreator().createPlugin("bra", &fc, nvinfer1::TensorRTPhase::kRUNTIME)};
+    CHECK(plugin != nullptr);
+    if (!plugin)
+    {
+        return 1;
+    }
+
+    // Build time: the real eb_bra_check refuses head dims outside the compiled variants (256 here).
+    {
+        nvinfer1::DynamicPluginTensorDesc io[5]{};
+        PluginTensorDesc const shapes[5] = {desc({1, 7, 7, 1024}, DataType::kFLOAT), desc({1, 7, 7, 1024}, DataType::kFLOAT),
+            desc({1, 7, 7, 1024}, DataType::kFLOAT), desc({1, 49, 4}, DataType::kINT32),
+            desc({1, 7, 7, 1024}, DataType::kFLOAT)};
+        for (int i = 0; i < 5; ++i)
+        {
+            io[i].desc = shapes[i];
+            io[i].min = io[i].opt = io[i].max = shapes[i].dims;
+        }
+        CHECK(build(plugin.get())->configurePlugin(io, 4, io + 4, 1) != 0);
+        CHECK(gLogger.last.find("head dims d_qk=256, d_v=256 (float32) are outside the compiled kernel variants")
+            != std::string::npos);
+    }
+
+    std::uintptr_t const ptr[5] = {0x7f0000010000, 0x7f0000020000, 0x7f0000030000, 0x7f0000040000, 0x7f0000050000};
+    void const* inputs[4] = {reinterpret_cast<void const*>(ptr[0]), reinterpret_cast<void const*>(ptr[1]),
+        reinterpret_cast<void const*>(ptr[2]), reinterpret_cast<void const*>(ptr[3])};
+    void* outputs[1] = {reinterpret_cast<void*>(ptr[4])};
+    auto const stream = reinterpret_cast<cudaStream_t>(std::uintptr_t{0x5000});
+    {
+        std::unique_ptr<nvinfer1::IPluginV3> attached{runtime(plugin.get())->attachToContext(nullptr)};
+        CHECK(attached != nullptr);
+        CHECK(mock_cuda_live_modules() > 0);
+        auto* rt = runtime(attached.get());
+        for (DataType type : {DataType::kHALF, DataType::kFLOAT})
+        {
+            PluginTensorDesc const in[4] = {desc({2, 28, 28, 128}, type), desc({2, 28, 28, 128}, type),
+                desc({2, 28, 28, 128}, type), desc({2, 49, 4}, DataType::kINT32)};
+            PluginTensorDesc const out[1] = {desc({2, 28, 28, 128}, type)};
+            int const before = mock_cuda_launch_count();
+            CHECK(rt->onShapeChange(in, 4, out, 1) == 0);
+            CHECK(rt->enqueue(in, out, inputs, outputs, nullptr, stream) == 0);
+            CHECK(mock_cuda_launch_count() == before + 1);
+            mock_cuda_launch_t launch{};
+            CHECK(mock_cuda_last_launch(&launch) == 0);
+            CHECK(launch.stream == static_cast<uint64_t>(reinterpret_cast<std::uintptr_t>(stream)));
+            CHECK(launch.grid[0] > 0 && launch.block[0] > 0);
+            CHECK(launch.function_name != nullptr && std::strcmp(launch.function_name, "bra_fwd_kernel") == 0);
+            for (int i = 0; i < 5; ++i)
+            {
+                CHECK(launch.params[i] == static_cast<uint64_t>(ptr[i])); // q, k, v, r_idx, o in order
+            }
+        }
+
+        // A failing launch becomes a plugin error that names the CUDA error.
+        mock_cuda_set_launch_failure(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+        PluginTensorDesc const in[4] = {desc({1, 14, 14, 128}, DataType::kHALF), desc({1, 14, 14, 128}, DataType::kHALF),
+            desc({1, 14, 14, 128}, DataType::kHALF), desc({1, 49, 4}, DataType::kINT32)};
+        PluginTensorDesc const out[1] = {desc({1, 14, 14, 128}, DataType::kHALF)};
+        CHECK(rt->onShapeChange(in, 4, out, 1) == 0);
+        CHECK(rt->enqueue(in, out, inputs, outputs, nullptr, stream) != 0);
+        CHECK(gLogger.last.find("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES") != std::string::npos);
+        mock_cuda_set_launch_failure(CUDA_SUCCESS);
+    }
+    CHECK(mock_cuda_live_modules() == 0); // every module unloaded with its execution context's plugin
+
+    // A GPU the library has no image for: attachToContext fails with the rebuild command.
+    mock_cuda_set_device(7, 0, 98304);
+    gLogger.last.clear();
+    CHECK(runtime(plugin.get())->attachToContext(nullptr) == nullptr);
+    CHECK(gLogger.last.find("no kernel image for this GPU (sm_70)") != std::string::npos);
+    CHECK(mock_cuda_live_modules() == 0);
+
+    std::cout << "bra_plugin_integration_test: " << gChecks - gFailures << "/" << gChecks << " checks passed\n";
+    return gFailures == 0 ? 0 : 1;
+}
