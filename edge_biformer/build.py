@@ -219,6 +219,12 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         if not source.is_file():
             raise EdgeBiformerError(f"--from-onnx {source} does not exist")
         kind = _graph_kind(source)
+        expected = {"qdq": ("int8",), "fp16": ("fp16",)}.get(kind)
+        if expected and prec not in expected:
+            raise EdgeBiformerError(
+                f"--from-onnx {source} is already a {kind} graph, which fits --precision {expected[0]}, "
+                f"not {prec}: start from the plain export (model.onnx) to build {prec}"
+            )
         current = source
         manifest["from_onnx"] = {"path": str(source), "sha256": sha256_file(source), "graph": kind}
         img_size = _onnx_img_size(source) or cfg.img_size

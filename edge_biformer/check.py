@@ -297,7 +297,14 @@ def polygraphy_compare(
     reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], atol: float, rtol: float, stat: str
 ) -> bool:
     """The verdict of Polygraphy's comparator (what ``polygraphy run`` would print) for these outputs."""
-    from polygraphy.comparator import Comparator, CompareFunc, IterationResult, RunResults
+    from polygraphy.comparator import Comparator, IterationResult, RunResults
+
+    try:
+        from polygraphy.comparator import SimpleCompareFunc as _simple
+    except ImportError:  # Polygraphy < 0.50
+        from polygraphy.comparator import CompareFunc
+
+        _simple = CompareFunc.simple
 
     results = RunResults()
     results.append(
@@ -310,7 +317,7 @@ def polygraphy_compare(
     with quiet_polygraphy() as logger:
         logger.module_severity = logger.CRITICAL
         verdict = Comparator.compare_accuracy(
-            results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat=stat)
+            results, compare_func=_simple(atol=atol, rtol=rtol, check_error_stat=stat)
         )
     return bool(verdict)
 

@@ -30,7 +30,7 @@ def arch_args() -> list[str]:
     num_classes = config.pop("num_classes")
     args = ["--num-classes", str(num_classes)]
     for key, value in config.items():
-        args += ["--arch", f"{key}={json.dumps(value)}"]
+        args += ["--arch", f"{key}={json.dumps(value, separators=(',', ':'))}"]
     return args
 
 
