@@ -5,6 +5,7 @@ Public API::
     import edge_biformer
     model = edge_biformer.create_model("biformer_tiny", weights="biformer_tiny_best.pth")
     edge_biformer.list_models()  # ['biformer_base', 'biformer_small', 'biformer_tiny']
+    session = edge_biformer.cpu_session("model.plugin.onnx")  # onnxruntime, plugin nodes included
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models"]
+__all__ = ["__version__", "cpu_session", "create_model", "list_models"]
 
 if TYPE_CHECKING:
     from edge_biformer.models import create_model, list_models
+    from edge_biformer.runtime import cpu_session
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from edge_biformer import models
 
         return getattr(models, name)
+    if name == "cpu_session":
+        from edge_biformer.runtime import cpu_session
+
+        return cpu_session
     raise AttributeError(f"module 'edge_biformer' has no attribute {name!r}")

@@ -1,0 +1,746 @@
+"""Find the routed attention of every BRA block in an ONNX graph, by the structure of the computation.
+
+A BRA block is recognised from its data flow, never from node names:
+
+1. **Routing anchor**: a ``TopK`` whose indices output reaches, through index arithmetic only
+   (``Add`` of the batch offset, ``Reshape``, ``Unsqueeze``, ``Expand``, ``Cast``...), the
+   *indices* input of a ``Gather`` (our index gather) or ``GatherElements`` (the official
+   expand + gather) that reads floating-point data.
+2. **Attention**: the gathered tensor reaches (through layout ops and channel splits) the second
+   operand of a ``MatMul`` whose output, possibly scaled by constants, is the input of a
+   ``Softmax`` over the last axis; the softmax is the first operand of a second ``MatMul`` whose
+   second operand is again gathered data. A TopK that does not lead to this is not BRA (top-k
+   in detection heads, for instance) and is ignored.
+3. **Sources**: walking back from the three attention operands through layout ops
+   (``Reshape``/``Transpose``/...), constant scalings, ``Q``/``DQ`` pairs, float ``Cast``,
+   channel ``Split``/``Slice``/``Concat`` and the gathers gives the tensors that hold q, k and v
+   with their channel ranges: NHWC maps (rank 4, our exports) or region tensors
+   ``[N, S*S, h, w, C]`` (rank 5, the official module, which projects qkv after patchifying).
+4. **Output**: walking forward from the second MatMul through layout ops gives the NHWC attention
+   output ``o`` (before LCE is added and the output projection).
+
+The attributes come from the graph: ``topk`` from TopK's constant K, ``n_win`` from the number
+of regions (the routing logits are ``[N, S*S, S*S]``), ``num_heads`` from the attention operands,
+``scale`` from the product of the constant scalings on the logits path.
+
+Blocks that have the anchor and the attention but break a rule (routing weights multiplied into
+K/V, pooled K/V, unexpected layouts...) are reported as partial matches with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edge_biformer.surgery.graph import (
+    FLOAT_TYPES,
+    LAYOUT_OPS,
+    GraphInfo,
+    attr_int,
+    const_scalar,
+    const_value,
+    data_consumers,
+    last_axis_slice,
+    producer,
+    qdq_after,
+    skip_qdq_back,
+    split_sizes,
+)
+
+__all__ = ["BraMatch", "MatchResult", "PartialMatch", "Source", "find_bra_blocks", "routing_key"]
+
+#: Index arithmetic allowed between TopK's indices and the gather.
+_INDEX_OPS = frozenset({"Add", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Cast", "Identity"})
+#: Ops that reduce K/V per region (kv_downsample_mode != identity).
+#: A Q/DQ pair on a path: (Q input, DQ output, first output of the node that reads the DQ output).
+QdqUse = tuple[str, str, str]
+_POOL_OPS = frozenset(
+    {"AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax"}
+)
+
+
+class _Partial(Exception):
+    """Raised inside the analysis of one candidate block: it matches only in part."""
+
+    def __init__(self, reason: str, nodes: list[gs.Node] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.nodes = [n.name for n in nodes or []]
+
+
+@dataclass
+class Source:
+    """An input of the op: channels ``[start, stop)`` of the last axis of ``tensor``.
+
+    ``form`` is ``"nhwc"`` (``tensor`` is ``[N, H, W, C]``) or ``"regions"`` (``[N, S*S, h, w, C]``).
+    """
+
+    tensor: gs.Variable
+    start: int
+    stop: int
+    channels: int
+    form: str
+
+    @property
+    def width(self) -> int:
+        """Number of channels the op reads."""
+        return self.stop - self.start
+
+    @property
+    def is_full(self) -> bool:
+        """Whether the op reads every channel of ``tensor``."""
+        return self.start == 0 and self.stop == self.channels
+
+
+@dataclass
+class BraMatch:
+    """One BRA block's routed attention, ready to be replaced by a plugin node."""
+
+    index: int
+    name: str
+    topk_node: gs.Node
+    q: Source
+    k: Source
+    v: Source
+    output: gs.Variable
+    n_win: int
+    num_heads: int
+    topk: int
+    scale: float
+    gather_kind: str
+    gathers: list[gs.Node]
+    attention: tuple[gs.Node, gs.Node, gs.Node]
+    internal_qdq: list[QdqUse] = field(default_factory=list)
+    elem_type: int | None = None
+    stage_key: tuple = ()
+
+    @property
+    def indices(self) -> gs.Variable:
+        """TopK's indices output (int64): the op's ``r_idx`` before the cast to int32."""
+        return self.topk_node.outputs[1]
+
+    def signature(self) -> tuple:
+        """What identifies a stage: blocks of one stage share all of these."""
+        return (self.n_win, self.q.width, self.v.width, self.num_heads, self.topk)
+
+    def describe(self) -> str:
+        """One line for logs."""
+        return (
+            f"n_win={self.n_win} heads={self.num_heads} topk={self.topk} scale={self.scale:.6g} "
+            f"Cqk={self.q.width} Cv={self.v.width} ({self.gather_kind} gather, {self.q.form} q/k/v)"
+        )
+
+
+@dataclass
+class PartialMatch:
+    """A block with the BRA routing and attention that cannot be replaced, and why."""
+
+    index: int
+    name: str
+    reason: str
+    nodes: list[str] = field(default_factory=list)
+    stage_key: tuple = ()
+
+
+@dataclass
+class MatchResult:
+    """All BRA blocks of a graph: the replaceable ones and the partial matches."""
+
+    matches: list[BraMatch]
+    partial: list[PartialMatch]
+
+    @property
+    def found(self) -> int:
+        """Blocks recognised (replaceable or partial)."""
+        return len(self.matches) + len(self.partial)
+
+
+# -- the walks -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Trace:
+    """A backward walk from an attention operand to the tensor it is computed from."""
+
+    visited: list[tuple[gs.Tensor, int, int | None]]
+    scale: float = 1.0
+    gathers: list[gs.Node] = field(default_factory=list)
+    #: Q/DQ pairs passed: (index in ``visited`` of the Q input, the pair as a :data:`QdqUse`).
+    qdq: list[tuple[int, QdqUse]] = field(default_factory=list)
+    blocker: gs.Node | None = None
+
+    @property
+    def end(self) -> gs.Tensor:
+        return self.visited[-1][0]
+
+
+def _trace_back(
+    tensor: gs.Tensor,
+    consumer: gs.Node,
+    info: GraphInfo,
+    index_tensors: set[str],
+    *,
+    allow_scale: bool,
+    allow_gather: bool,
+) -> _Trace:
+    """Walk back from input ``tensor`` of ``consumer`` through data-movement ops.
+
+    Records every tensor with its channel range, and the Q/DQ pairs passed with the node that
+    read their output on this path.
+    """
+    start, stop = 0, None
+    trace = _Trace(visited=[(tensor, start, stop)])
+    while True:
+        node = producer(tensor)
+        if node is None:
+            break
+        op = node.op
+        nxt: gs.Tensor | None = None
+        if op in LAYOUT_OPS or op == "Expand":
+            nxt = node.inputs[0]
+        elif op == "DequantizeLinear":
+            nxt = skip_qdq_back(tensor)
+            if nxt is not None:
+                trace.qdq.append((len(trace.visited), (nxt.name, tensor.name, consumer.outputs[0].name)))
+        elif op == "Cast":
+            if int(node.attrs.get("to", 0)) in FLOAT_TYPES and info.elem_type(node.inputs[0]) in (
+                *FLOAT_TYPES,
+                None,
+            ):
+                nxt = node.inputs[0]
+        elif op in ("Mul", "Div"):
+            a, b = node.inputs[0], node.inputs[1]
+            sa, sb = const_scalar(a), const_scalar(b)
+            if allow_scale and op == "Mul" and (sa is not None or sb is not None):
+                trace.scale *= sb if sb is not None else sa  # type: ignore[operator]
+                nxt = a if sb is not None else b
+            elif allow_scale and op == "Div" and sb is not None and sb != 0:
+                trace.scale /= sb
+                nxt = a
+            elif sa is None and sb is None:
+                trace.blocker = node
+        elif op == "Split":
+            source = node.inputs[0]
+            if info.is_last_axis(source, attr_int(node, "axis", 0) or 0):
+                sizes = split_sizes(node, info)
+                out_index = next(i for i, o in enumerate(node.outputs) if o is tensor)
+                if sizes is not None and out_index < len(sizes):
+                    offset = sum(sizes[:out_index])
+                    width = sizes[out_index]
+                    start, stop = offset + start, offset + (stop if stop is not None else width)
+                    nxt = source
+        elif op == "Slice":
+            nxt, start, stop = _through_slice(node, info, start, stop)
+        elif op == "Concat":
+            nxt, start, stop = _through_concat(node, tensor, info, start, stop)
+        elif (
+            op in ("Gather", "GatherElements")
+            and allow_gather
+            and len(node.inputs) > 1
+            and node.inputs[1].name in index_tensors
+            and node.inputs[0] is not tensor
+        ):
+            trace.gathers.append(node)
+            nxt = node.inputs[0]
+        if nxt is None:
+            break
+        consumer = node
+        tensor = nxt
+        trace.visited.append((tensor, start, stop))
+    return trace
+
+
+def _through_slice(
+    node: gs.Node, info: GraphInfo, start: int, stop: int | None
+) -> tuple[gs.Tensor | None, int, int | None]:
+    bounds = last_axis_slice(node, info)
+    if bounds is None:
+        return None, start, stop
+    begin, end = bounds
+    return node.inputs[0], begin + start, (end if stop is None else begin + stop)
+
+
+def _through_concat(
+    node: gs.Node, tensor: gs.Tensor, info: GraphInfo, start: int, stop: int | None
+) -> tuple[gs.Tensor | None, int, int | None]:
+    if not info.is_last_axis(tensor, attr_int(node, "axis", 0) or 0):
+        return None, start, stop
+    widths = [info.static_dim(t, -1) for t in node.inputs]
+    if any(w is None for w in widths):
+        return None, start, stop
+    offset = 0
+    for i, (source, width) in enumerate(zip(node.inputs, widths, strict=True)):
+        assert width is not None
+        end = offset + width
+        last = i == len(node.inputs) - 1
+        if offset <= start < end and ((stop is None and last) or (stop is not None and stop <= end)):
+            return source, start - offset, None if stop is None else stop - offset
+        offset = end
+    return None, start, stop
+
+
+def _forward_chain(tensor: gs.Tensor, info: GraphInfo) -> tuple[gs.Tensor, list[QdqUse]]:
+    """Follow single-consumer layout ops (and Q/DQ pairs, float Casts) forward from ``tensor``.
+
+    Returns the last tensor and the Q/DQ pairs passed on the way. Trailing Q/DQ pairs are not
+    passed: they quantize the attention output and stay after the plugin node.
+    """
+    path: list[tuple[gs.Tensor, tuple[str, str] | None]] = [(tensor, None)]
+    uses: list[QdqUse] = []
+    pending: tuple[str, str] | None = None
+    while True:
+        users = data_consumers(tensor)
+        if len(users) != 1 or tensor.name in info.graph_outputs:
+            break
+        node = users[0]
+        is_layout = node.op in LAYOUT_OPS and node.inputs[0] is tensor
+        if is_layout or (node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES):
+            if pending is not None:
+                uses.append((*pending, node.outputs[0].name))
+                pending = None
+            tensor = node.outputs[0]
+            path.append((tensor, None))
+        elif (dq_out := qdq_after(tensor)) is not None:
+            pending = (tensor.name, dq_out.name)
+            path.append((dq_out, pending))
+            tensor = dq_out
+        else:
+            break
+    while len(path) > 1 and path[-1][1] is not None:
+        path.pop()
+    return path[-1][0], uses
+
+
+def _over_qdq(tensor: gs.Tensor) -> tuple[gs.Tensor, tuple[str, str] | None]:
+    """Step over a Q/DQ pair that follows ``tensor``: (the tensor after it, (Q input, DQ output))."""
+    dq_out = qdq_after(tensor)
+    return (tensor, None) if dq_out is None else (dq_out, (tensor.name, dq_out.name))
+
+
+def _logits_to_softmax(matmul: gs.Node, info: GraphInfo) -> tuple[gs.Node, float, list[QdqUse]] | None:
+    """From the ``Q @ K^T`` MatMul forward through constant scalings to a last-axis Softmax."""
+    tensor = matmul.outputs[0]
+    scale = 1.0
+    uses: list[QdqUse] = []
+    while True:
+        tensor, pair = _over_qdq(tensor)
+        users = data_consumers(tensor)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if pair is not None:
+            uses.append((*pair, node.outputs[0].name))
+        if node.op == "Softmax":
+            axis = attr_int(node, "axis", -1)
+            ok = info.is_last_axis(tensor, axis if axis is not None else -1)
+            return (node, scale, uses) if ok else None
+        if node.op in ("Mul", "Div"):
+            other = node.inputs[1] if node.inputs[0] is tensor else node.inputs[0]
+            value = const_scalar(other)
+            if value is None or (node.op == "Div" and (node.inputs[1] is not other or value == 0)):
+                return None
+            scale = scale * value if node.op == "Mul" else scale / value
+        elif not (node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES):
+            return None
+        tensor = node.outputs[0]
+
+
+def _softmax_to_matmul(softmax: gs.Node, uses: list[QdqUse]) -> gs.Node | None:
+    """The ``P @ V`` MatMul that takes the softmax (through Cast / Q-DQ) as its first operand."""
+    tensor = softmax.outputs[0]
+    while True:
+        tensor, pair = _over_qdq(tensor)
+        users = data_consumers(tensor)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if pair is not None:
+            uses.append((*pair, node.outputs[0].name))
+        if node.op == "MatMul" and node.inputs[0] is tensor:
+            return node
+        if node.op == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES:
+            tensor = node.outputs[0]
+        else:
+            return None
+
+
+# -- candidates ------------------------------------------------------------------------------------
+
+
+def _index_path(topk: gs.Node) -> tuple[set[str], list[gs.Node], list[gs.Node]]:
+    """Tensors derived from TopK's indices by index arithmetic, the gathers they index, other users."""
+    tensors: set[str] = set()
+    gathers: list[gs.Node] = []
+    others: list[gs.Node] = []
+    stack = [topk.outputs[1]]
+    while stack:
+        tensor = stack.pop()
+        if tensor.name in tensors:
+            continue
+        tensors.add(tensor.name)
+        for node in data_consumers(tensor):
+            if node.op in ("Gather", "GatherElements") and len(node.inputs) > 1 and node.inputs[1] is tensor:
+                if node not in gathers:
+                    gathers.append(node)
+            elif node.op in _INDEX_OPS:
+                stack.extend(node.outputs)
+            elif node not in others:
+                others.append(node)
+    return tensors, gathers, others
+
+
+def _attention_matmuls(gather: gs.Node, info: GraphInfo) -> list[gs.Node]:
+    """MatMuls reached forward from a gather's output through data-movement ops (as 2nd operand)."""
+    found: list[gs.Node] = []
+    seen: set[int] = set()
+    stack = list(gather.outputs)
+    passthrough = LAYOUT_OPS | {
+        "Expand",
+        "Split",
+        "Slice",
+        "Cast",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Mul",
+        "Div",
+    }
+    while stack:
+        tensor = stack.pop()
+        for node in data_consumers(tensor):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op == "MatMul" and len(node.inputs) > 1 and node.inputs[1] is tensor:
+                found.append(node)
+            elif node.op in passthrough:
+                stack.extend(node.outputs)
+    del info
+    return found
+
+
+def _block_name(nodes: list[gs.Node] | list[str], fallback: str, info: GraphInfo | None = None) -> str:
+    """A human hint for a block: the common scope of its node names or module paths (display only)."""
+    names = [n if isinstance(n, str) else n.name for n in nodes]
+    names = [n for n in names if n]
+    from_scopes = bool(names) and info is not None and all(n in info.scopes for n in names)
+    if from_scopes:
+        assert info is not None
+        names = [info.scopes[n] for n in names]
+    if not names:
+        return fallback
+    parts = [name.strip("/").split("/") for name in names]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if all(p == level[0] for p in level):
+            common.append(level[0])
+        else:
+            break
+    if from_scopes:
+        return common[-1] if common else fallback
+    if len(names) == 1 and len(common) > 1:
+        common = common[:-1]  # a single node: name its scope, not the node
+    return "/".join(common) or names[0]
+
+
+def _pick_source(
+    trace: _Trace, info: GraphInfo, n_win: int, what: str, nodes: list[gs.Node]
+) -> tuple[Source, list[QdqUse]]:
+    """Choose the tensor the op reads, and the Q/DQ pairs that the rewrite removes with the attention.
+
+    The candidate is the furthest-back NHWC map or region tensor of the walk. From there the choice
+    moves towards the attention over steps that keep exactly the op's channels: a Q/DQ pair (the op
+    then reads the DQ output, as the original attention did) or a Split/Slice output that holds
+    exactly the channels. Q/DQ pairs beyond the chosen tensor (towards the attention) are removed.
+    """
+    for position in range(len(trace.visited) - 1, -1, -1):
+        tensor, start, stop = trace.visited[position]
+        rank = info.rank(tensor)
+        if rank not in (4, 5):
+            continue
+        channels = info.static_dim(tensor, -1)
+        if channels is None:
+            continue
+        end = channels if stop is None else stop
+        if not 0 <= start < end <= channels:
+            continue
+        form = "nhwc" if rank == 4 else "regions"
+        if form == "regions":
+            regions = info.static_dim(tensor, 1)
+            if regions is not None and regions != n_win * n_win:
+                continue
+        pair_at = {index: use for index, use in trace.qdq}
+        while position > 0:
+            nxt, n_start, n_stop = trace.visited[position - 1]
+            n_channels = info.static_dim(nxt, -1)
+            over_qdq = position in pair_at and pair_at[position][1] == nxt.name
+            node = producer(nxt)
+            exact_split = (
+                node is not None
+                and node.op in ("Split", "Slice")
+                and node.inputs[0] is tensor
+                and n_start == 0
+                and n_channels is not None
+                and (n_stop is None or n_stop == n_channels)
+                and n_channels == end - start
+            )
+            if not (over_qdq or exact_split):
+                break
+            position -= 1
+            tensor = nxt
+            if exact_split:
+                assert n_channels is not None
+                start, end, channels = 0, n_channels, n_channels
+        removed = [use for index, use in trace.qdq if index <= position]
+        source = Source(tensor=tensor, start=start, stop=end, channels=channels, form=form)
+        return source, removed
+    raise _Partial(
+        f"the {what} of the attention could not be traced back to an NHWC map [N, H, W, C] or a region "
+        f"tensor [N, {n_win * n_win}, h, w, C] with a known channel count (the walk stopped at "
+        f"{_describe_stop(trace)})",
+        nodes,
+    )
+
+
+def _describe_stop(trace: _Trace) -> str:
+    tensor = trace.end
+    node = producer(tensor)
+    if node is None:
+        return f"tensor '{tensor.name}'"
+    return f"{node.op} node '{node.name}' (output '{tensor.name}')"
+
+
+def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
+    """Analyse one TopK: None if it is not a BRA routing, a match, or raise :class:`_Partial`."""
+    index_tensors, gathers, _others = _index_path(topk)
+    float_gathers = [g for g in gathers if info.elem_type(g.inputs[0]) in (*FLOAT_TYPES, None)]
+    if not float_gathers:
+        return None
+    # The attention: a MatMul fed by gathered data whose output goes to a Softmax.
+    scored: list[tuple[gs.Node, gs.Node, float, list[QdqUse]]] = []
+    for gather in float_gathers:
+        for mm in _attention_matmuls(gather, info):
+            hit = _logits_to_softmax(mm, info)
+            if hit is not None and all(mm is not s[0] for s in scored):
+                scored.append((mm, hit[0], hit[1], hit[2]))
+    if not scored:
+        return None  # TopK + gather without attention: not BRA (e.g. a detection head)
+    involved = [topk, *float_gathers]
+    name = f"block {index}"
+    if len(scored) != 1:
+        raise _Partial(
+            f"the routed keys feed {len(scored)} attention MatMuls ({', '.join(s[0].name for s in scored)}); "
+            "BRA has exactly one",
+            involved,
+        )
+    logits_mm, softmax, logits_scale, internal_qdq = scored[0]
+    pv_mm = _softmax_to_matmul(softmax, internal_qdq)
+    involved += [logits_mm, softmax]
+    if pv_mm is None:
+        raise _Partial(
+            f"the Softmax '{softmax.name}' of the routed attention is not the first operand of exactly one "
+            "MatMul (softmax @ V)",
+            involved,
+        )
+    involved.append(pv_mm)
+
+    # Attributes from the routing.
+    k_value = const_value(topk.inputs[1]) if len(topk.inputs) > 1 else None
+    if k_value is None and "k" in topk.attrs:
+        k_value = np.asarray(topk.attrs["k"])
+    if k_value is None or k_value.size != 1:
+        raise _Partial(f"TopK '{topk.name}' has no constant K; the plugin needs topk at build time", involved)
+    topk_k = int(k_value.reshape(-1)[0])
+    logits = topk.inputs[0]
+    axis = attr_int(topk, "axis", -1)
+    if not info.is_last_axis(logits, axis if axis is not None else -1):
+        raise _Partial(f"TopK '{topk.name}' does not select over the last axis (axis={axis})", involved)
+    if info.rank(logits) not in (None, 3):
+        raise _Partial(
+            f"the routing logits '{logits.name}' have rank {info.rank(logits)}; BRA routes with "
+            "[N, S*S, S*S] logits",
+            involved,
+        )
+    regions = info.static_dim(logits, -1) or info.static_dim(topk.outputs[1], 1) or info.static_dim(logits, 1)
+    if regions is None:
+        raise _Partial(
+            f"the number of regions (last dim of the routing logits '{logits.name}') is not static, so "
+            "n_win cannot be read from the graph; export with static region counts",
+            involved,
+        )
+    n_win = math.isqrt(regions)
+    if n_win * n_win != regions:
+        raise _Partial(f"the routing logits have {regions} regions, not a square S*S", involved)
+    if not 1 <= topk_k <= regions:
+        raise _Partial(f"TopK K={topk_k} is outside [1, {regions}]", involved)
+
+    # Operands: q from the logits MatMul's first input, k from its second, v from P@V's second.
+    q_trace = _trace_back(
+        logits_mm.inputs[0], logits_mm, info, index_tensors, allow_scale=True, allow_gather=False
+    )
+    k_trace = _trace_back(
+        logits_mm.inputs[1], logits_mm, info, index_tensors, allow_scale=True, allow_gather=True
+    )
+    v_trace = _trace_back(pv_mm.inputs[1], pv_mm, info, index_tensors, allow_scale=False, allow_gather=True)
+    for what, trace in (("keys", k_trace), ("values", v_trace)):
+        if trace.blocker is not None and not trace.gathers:
+            blocker = f"{trace.blocker.op} '{trace.blocker.name}'"
+            raise _Partial(
+                f"the routed {what} are multiplied by a tensor (node {blocker}) between the gather and the "
+                "attention, as soft routing (soft_routing=True, mul_weight='soft') does; the plugin "
+                "implements hard routing, where the routing weights are unused",
+                [*involved, trace.blocker],
+            )
+        if not trace.gathers:
+            raise _Partial(
+                f"the {what} of the attention do not come from the routed gather (the walk stopped at "
+                f"{_describe_stop(trace)})",
+                involved,
+            )
+        if len(trace.gathers) != 1:
+            raise _Partial(
+                f"the routed {what} pass through {len(trace.gathers)} gathers; expected one", involved
+            )
+        if trace.blocker is not None:
+            blocker = f"{trace.blocker.op} '{trace.blocker.name}'"
+            raise _Partial(
+                f"the {what} table is multiplied by a tensor (node {blocker}) before the gather; the plugin "
+                "reads the projected k/v maps as they are",
+                [*involved, trace.blocker],
+            )
+        stop_node = producer(trace.end)
+        if stop_node is not None and stop_node.op in _POOL_OPS:
+            raise _Partial(
+                f"the {what} are pooled per region ({stop_node.op} '{stop_node.name}') before the gather, as "
+                "kv_downsample_mode != 'identity' does; the plugin attends to every token of a routed region",
+                [*involved, stop_node],
+            )
+    if q_trace.gathers:
+        raise _Partial("the queries of the attention pass through the routed gather", involved)
+    if q_trace.blocker is not None and info.rank(q_trace.end) not in (4, 5):
+        raise _Partial(
+            f"the queries are multiplied by a tensor (node {q_trace.blocker.op} '{q_trace.blocker.name}') "
+            "before the attention",
+            [*involved, q_trace.blocker],
+        )
+    if v_trace.scale != 1.0:
+        raise _Partial("the routed values are scaled by a constant; the op has no value scale", involved)
+    gather_node = k_trace.gathers[0]
+    involved.append(v_trace.gathers[0])
+    gather_kind = "index" if gather_node.op == "Gather" else "expand"
+    if gather_node.op == "Gather" and (attr_int(gather_node, "axis", 0) or 0) != 0:
+        raise _Partial(
+            f"Gather '{gather_node.name}' gathers on axis {gather_node.attrs.get('axis')}, not 0", involved
+        )
+
+    q, q_pairs = _pick_source(q_trace, info, n_win, "queries", involved)
+    k, k_pairs = _pick_source(k_trace, info, n_win, "keys", involved)
+    v, v_pairs = _pick_source(v_trace, info, n_win, "values", involved)
+    if k.width != q.width:
+        raise _Partial(f"queries have {q.width} channels but keys {k.width}", involved)
+
+    # num_heads from the attention operand (B, M, Tq, d), else from the head dim.
+    q_operand = logits_mm.inputs[0]
+    rank = info.rank(q_operand)
+    heads = info.static_dim(q_operand, 1) if rank == 4 else (1 if rank == 3 else None)
+    if heads is None:
+        head_dim = info.static_dim(q_operand, -1)
+        heads = q.width // head_dim if head_dim and q.width % head_dim == 0 else None
+    if heads is None:
+        raise _Partial(
+            f"the number of heads cannot be read from the attention operand '{q_operand.name}' "
+            "(shape unknown)",
+            involved,
+        )
+    if q.width % heads or v.width % heads:
+        raise _Partial(f"Cqk={q.width} and Cv={v.width} are not divisible by {heads} heads", involved)
+
+    output, out_pairs = _forward_chain(pv_mm.outputs[0], info)
+    if info.rank(output) != 4 or info.static_dim(output, -1) not in (None, v.width):
+        raise _Partial(
+            f"the attention output '{output.name}' is not an NHWC map [N, H, W, {v.width}] "
+            f"(shape {info.shape(output)})",
+            involved,
+        )
+    scale = float(q_trace.scale * k_trace.scale * logits_scale)
+    name = _block_name([topk, logits_mm, softmax, pv_mm], name, info)
+    return BraMatch(
+        index=index,
+        name=name,
+        topk_node=topk,
+        q=q,
+        k=k,
+        v=v,
+        output=output,
+        n_win=n_win,
+        num_heads=int(heads),
+        topk=topk_k,
+        scale=scale,
+        gather_kind=gather_kind,
+        gathers=[gather_node, *(g for g in v_trace.gathers if g is not gather_node)],
+        attention=(logits_mm, softmax, pv_mm),
+        internal_qdq=list(dict.fromkeys([*internal_qdq, *q_pairs, *k_pairs, *v_pairs, *out_pairs])),
+        elem_type=info.elem_type(q.tensor),
+    )
+
+
+def routing_key(topk: gs.Node, info: GraphInfo) -> tuple:
+    """Blocks of one stage share this: (topk, regions, routing width), from the routing alone."""
+    k_value = const_value(topk.inputs[1]) if len(topk.inputs) > 1 else None
+    k = int(k_value.reshape(-1)[0]) if k_value is not None and k_value.size == 1 else None
+    logits = topk.inputs[0]
+    regions = info.static_dim(logits, -1)
+    width = None
+    node = producer(logits)
+    if node is not None and node.op == "MatMul":
+        width = info.static_dim(node.inputs[0], -1)
+    return (k, regions, width)
+
+
+def find_bra_blocks(graph: gs.Graph, info: GraphInfo) -> MatchResult:
+    """Find every BRA routed attention of ``graph`` (toposorted), in graph order.
+
+    Args:
+        graph: the graph (not modified).
+        info: shapes and types of its tensors (:meth:`GraphInfo.from_model` of the same model).
+    """
+    matches: list[BraMatch] = []
+    partial: list[PartialMatch] = []
+    index = 0
+    claimed: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "TopK" or len(node.outputs) < 2:
+            continue
+        try:
+            match = _analyse(index, node, info)
+        except _Partial as err:
+            partial.append(
+                PartialMatch(
+                    index=index,
+                    name=_block_name(err.nodes or [node], f"block {index}", info),
+                    reason=err.reason,
+                    nodes=err.nodes,
+                    stage_key=routing_key(node, info),
+                )
+            )
+            index += 1
+            continue
+        if match is None:
+            continue
+        match.stage_key = routing_key(node, info)
+        if match.output.name in claimed:
+            partial.append(
+                PartialMatch(
+                    index=index,
+                    name=match.name,
+                    reason=f"its attention output '{match.output.name}' is also produced for another block",
+                    stage_key=routing_key(node, info),
+                )
+            )
+        else:
+            claimed.add(match.output.name)
+            matches.append(match)
+        index += 1
+    return MatchResult(matches=matches, partial=partial)
