@@ -426,7 +426,8 @@ def targets_from_manifest(outdir: Path, manifest: dict[str, Any]) -> list[Target
     """The artifacts of a build directory, as check targets."""
     prec = manifest["precision"]
     arts = manifest.get("artifacts", {})
-    lib = (manifest.get("plugin_library") or {}).get("path")
+    lib_info = manifest.get("plugin_library") or {}
+    lib = lib_info.get("path") or (f"/path/to/{PLUGIN_LIBRARY_NAME}" if lib_info.get("needed") else None)
     targets: list[Target] = []
 
     def path(name: str) -> str:

@@ -109,6 +109,11 @@ def test_int8_build_accuracy_on_trained_model(images: dict[str, Path], tmp_path:
     assert (ref_acc - int8["top1_accuracy"]) * 100 <= 1.0
     assert int8["top1_agreement"] >= 0.97
     assert int8["status"] == "pass"
+    plugin = [c for c in report["comparisons"] if c["kind"] == "cpu_session"]
+    if (out / "model.int8.plugin.onnx").is_file():  # the graph rewrite is part of this installation
+        assert plugin and plugin[0]["status"] == "pass", plugin
+        assert (ref_acc - plugin[0]["top1_accuracy"]) * 100 <= 1.0 and plugin[0]["top1_agreement"] >= 0.97
+        assert "--plugins" in plugin[0]["command"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["calibration"]["used"] == 64 and manifest["calibration"]["sha256"]
     assert (out / "model.int8.calib.cache").is_file()
