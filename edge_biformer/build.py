@@ -203,7 +203,7 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         "precision": prec,
         "model": cfg.model_name,
         "config": None,
-        "weights": cfg.weights,
+        "weights": str(Path(cfg.weights).resolve()) if cfg.weights else None,
         "weights_sha256": sha256_file(cfg.weights) if cfg.weights else None,
         "artifacts": {},
         "stages": {},
@@ -468,25 +468,28 @@ def check_build(
     ]
     check_dir = outdir / "check"
     saved = (check_dir / "inputs.json").is_file() and (check_dir / "reference.json").is_file()
-    if saved and data is None and not recompute:
-        # Reuse the inputs and the PyTorch reference of the first check (the target needs no PyTorch).
+    if saved and data is None and model is None:
+        # `check OUTDIR`: the inputs of the build's check, and its PyTorch reference unless
+        # --recompute (so the target GPU needs neither PyTorch nor the weights).
         from polygraphy.json import load_json
 
-        feeds = load_json(str(check_dir / "inputs.json"))
+        with check.quiet_polygraphy():
+            feeds = load_json(str(check_dir / "inputs.json"))
         batches = [np.asarray(f["input"]) for f in feeds]
-        reference = check.load_polygraphy_outputs(check_dir / "reference.json")
         labels_file = check_dir / "labels.npy"
         labels = np.load(labels_file) if labels_file.is_file() else None
-        model = _FixedReference(reference)
-        summary = (manifest.get("check_data") or {"source": str(check_dir / "inputs.json")}) | {
-            "reused": True
-        }
+        if recompute:
+            model = _model_from_manifest(manifest)
+        else:
+            model = _FixedReference(check.load_polygraphy_outputs(check_dir / "reference.json"))
+        summary = {**(manifest.get("check_data") or {}), "inputs": str(check_dir / "inputs.json")}
+        summary["reference"] = "recomputed" if recompute else "reused"
     else:
         if data is None:
             data = calib_mod.synthetic(min(check_num, 2 * profile.opt), img_size, batch_size=profile.opt)
             log(
                 "check: no --check-data/--eval-data given, using seeded random inputs (agreement numbers on "
-                "noise are weaker evidence than on real images)"
+                "noise are weaker evidence than on real images; INT8 in particular is calibrated for images)"
             )
         batches, labels = _check_batches(data, profile, check_num)
         if model is None:

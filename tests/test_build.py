@@ -144,6 +144,9 @@ def test_check_fails_with_exit_1_when_an_artifact_is_wrong(
 ) -> None:
     out = tmp_path / "out"
     assert main(_build(out, "fp32", "--eval-data", str(images["test"]), "--check-num", "16")) == 0
+    inputs_before = (out / "check" / "inputs.json").read_bytes()
+    assert main(["check", str(out), "--recompute"]) == 0  # PyTorch again, on the saved inputs
+    assert (out / "check" / "inputs.json").read_bytes() == inputs_before
     # Replace the export by one with other (random) weights: the check must fail, with numbers.
     export_reduced(tmp_path / "other.onnx")
     shutil.copyfile(tmp_path / "other.onnx", out / "model.onnx")
