@@ -122,16 +122,24 @@ def plugin_library(explicit: str | None) -> tuple[str | None, str]:
         return None, str(err)
 
 
-def rewrite_step(source: Path, output: Path) -> dict[str, Any]:
-    """Rewrite the BRA blocks of ``source`` into plugin nodes (the graph-rewrite part)."""
+def rewrite_step(source: Path, output: Path, verify: bool = True) -> dict[str, Any]:
+    """Rewrite the BRA blocks of ``source`` into plugin nodes (the graph-rewrite part).
+
+    ``verify`` runs the rewrite's own onnxruntime comparison of the graph before and after. For
+    FP16 / INT8 graphs the build passes ``False``: onnxruntime's default CPU graph optimizations
+    mis-execute FP16 Q/DQ graphs (see :data:`edge_biformer.check.UNOPTIMIZED_PRECISIONS`), which
+    makes that comparison fail on correct graphs (measured on biformer_tiny int8: max relative
+    difference 0.0216). The rewritten graph is then verified end to end by the accuracy check
+    (``cpu_session`` against FP32 PyTorch, without graph optimizations).
+    """
     try:
         from edge_biformer.surgery import rewrite_onnx
     except ImportError as err:
         raise _RewriteUnavailable(
             f"the graph rewrite (edge_biformer.surgery) is not part of this installation ({err})"
         ) from None
-    report = rewrite_onnx(source, output, verify=True)
-    return {"blocks": len(getattr(report, "blocks", []) or []), "output": str(output)}
+    report = rewrite_onnx(source, output, verify=verify)
+    return {"blocks": len(getattr(report, "blocks", []) or []), "output": str(output), "verified": verify}
 
 
 class _RewriteUnavailable(Exception):
@@ -308,7 +316,7 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         rewritten = out / f"model.{prec}.plugin.onnx"
         try:
             with stage("rewrite bra -> plugin") as st:
-                info = rewrite_step(current, rewritten)
+                info = rewrite_step(current, rewritten, verify=kind == "plain")
                 st.output = rewritten
                 st.details.append(f"{info['blocks']} BRA blocks")
             manifest["stages"]["rewrite"] = info
