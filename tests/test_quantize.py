@@ -154,3 +154,11 @@ def test_quantize_cli_errors(reduced_onnx: Path, tmp_path: Path, capsys: pytest.
         ["quantize", str(tmp_path / "nope.onnx"), "--precision", "fp16", "-o", str(tmp_path / "q.onnx")]
     )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_quantize_cli_fp16(reduced_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q.fp16.onnx"
+    assert main(["quantize", str(reduced_onnx), "--precision", "fp16", "-o", str(out)]) == 0
+    assert "quantize fp16" in capsys.readouterr().out
+    onnx.checker.check_model(str(out))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
