@@ -17,7 +17,7 @@ from edge_biformer import __version__
 from edge_biformer.errors import EdgeBiformerError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("export", "rewrite")
+COMMANDS: tuple[str, ...] = ("export", "rewrite", "quantize", "build", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:
