@@ -112,38 +112,28 @@ def plugin_library(explicit: str | None) -> tuple[str | None, str]:
         if not Path(explicit).is_file():
             raise EdgeBiformerError(f"--plugin-library {explicit} does not exist")
         return str(Path(explicit).resolve()), "--plugin-library"
-    try:
-        from edge_biformer import plugins  # the C++ plugin part (edge_biformer/plugins.py)
-    except ImportError:
-        return None, "edge_biformer.plugins is not part of this installation"
+    from edge_biformer import plugins
+
     try:
         return str(plugins.library_path()), "edge_biformer.plugins.library_path()"
     except EdgeBiformerError as err:
         return None, str(err)
 
 
-def rewrite_step(source: Path, output: Path, verify: bool = True) -> dict[str, Any]:
-    """Rewrite the BRA blocks of ``source`` into plugin nodes (the graph-rewrite part).
+def rewrite_step(source: Path, output: Path, verify: bool) -> dict[str, Any]:
+    """Rewrite the BRA blocks of ``source`` into plugin nodes.
 
-    ``verify`` runs the rewrite's own onnxruntime comparison of the graph before and after. For
-    FP16 / INT8 graphs the build passes ``False``: onnxruntime's default CPU graph optimizations
-    mis-execute FP16 Q/DQ graphs (see :data:`edge_biformer.check.UNOPTIMIZED_PRECISIONS`), which
-    makes that comparison fail on correct graphs (measured on biformer_tiny int8: max relative
-    difference 0.0216). The rewritten graph is then verified end to end by the accuracy check
-    (``cpu_session`` against FP32 PyTorch, without graph optimizations).
+    ``verify`` runs the rewrite's own comparison with ``source`` in onnxruntime (every block, then
+    the whole graph). The build asks for it on float32 graphs only. In FP16 and INT8 graphs the
+    original attention runs in float16 in onnxruntime while the plugin op computes in float32, so
+    the whole-graph difference measures the original's float16 error, not the rewrite (0.0225
+    relative on the trained reduced model's INT8 graph, over the rewrite's 2e-2 bound). Those
+    graphs are judged by the accuracy check against FP32 PyTorch instead.
     """
-    try:
-        from edge_biformer.surgery import rewrite_onnx
-    except ImportError as err:
-        raise _RewriteUnavailable(
-            f"the graph rewrite (edge_biformer.surgery) is not part of this installation ({err})"
-        ) from None
+    from edge_biformer.surgery import rewrite_onnx
+
     report = rewrite_onnx(source, output, verify=verify)
-    return {"blocks": len(getattr(report, "blocks", []) or []), "output": str(output), "verified": verify}
-
-
-class _RewriteUnavailable(Exception):
-    pass
+    return {"blocks": len(report.blocks), "output": str(output), "verified": verify}
 
 
 def _tool_versions() -> dict[str, str | None]:
@@ -314,18 +304,14 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
     # 3. Graph rewrite to the plugin op.
     if kind != "plugin" and cfg.rewrite:
         rewritten = out / f"model.{prec}.plugin.onnx"
-        try:
-            with stage("rewrite bra -> plugin") as st:
-                info = rewrite_step(current, rewritten, verify=kind == "plain")
-                st.output = rewritten
-                st.details.append(f"{info['blocks']} BRA blocks")
-            manifest["stages"]["rewrite"] = info
-            manifest["artifacts"]["plugin_onnx"] = rewritten.name
-            current = rewritten
-            kind = "plugin"
-        except _RewriteUnavailable as err:
-            log(f"rewrite skipped: {err}; the engine is built from {current.name} with TensorRT's native ops")
-            manifest["stages"]["rewrite"] = {"skipped": str(err)}
+        with stage("rewrite bra -> plugin") as st:
+            info = rewrite_step(current, rewritten, verify=kind == "plain")
+            st.output = rewritten
+            st.details.append(f"{info['blocks']} BRA blocks")
+        manifest["stages"]["rewrite"] = info
+        manifest["artifacts"]["plugin_onnx"] = rewritten.name
+        current = rewritten
+        kind = "plugin"
 
     # 4. Engine.
     lib, lib_how = plugin_library(cfg.plugin_library)

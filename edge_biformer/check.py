@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import atomic_output
@@ -199,40 +200,26 @@ def load_polygraphy_outputs(path: str | os.PathLike[str]) -> list[np.ndarray]:
 # Running artifacts
 
 
-#: onnxruntime's CPU graph optimizations (ORT_ENABLE_BASIC and above, onnxruntime 1.31) corrupt
-#: INT8 Q/DQ graphs whose float part is FP16 (measured on the reduced model: 49 % top-1 instead of
-#: 99 %); those graphs are therefore run without graph optimizations, here and in the printed
-#: polygraphy commands (--graph-optimization-level ORT_DISABLE_ALL). FP32 graphs keep the defaults.
+#: Precisions whose graphs (Q/DQ, float16) onnxruntime runs without graph optimizations
+#: (:func:`edge_biformer.runtime.cpu.runs_unoptimized`); the printed polygraphy commands say so too
+#: (``--graph-optimization-level ORT_DISABLE_ALL``).
 UNOPTIMIZED_PRECISIONS = ("fp16", "int8")
 
 
-def _session_options(precision: str) -> Any:
+def _ort_runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if precision in UNOPTIMIZED_PRECISIONS:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return options
+    from edge_biformer.runtime.cpu import session_options
 
-
-def _ort_runner(path: str, precision: str) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-
-    options = _session_options(precision)
+    options = session_options(onnx.load(path))
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {INPUT_NAME: x})[0]
 
 
-def _cpu_session_runner(path: str, precision: str) -> Callable[[np.ndarray], np.ndarray]:
-    try:
-        from edge_biformer import cpu_session
-    except ImportError:
-        raise _Skip(
-            "edge_biformer.cpu_session (the CPU runtime of the plugin op, from the graph-rewrite "
-            "part) is not available in this installation"
-        ) from None
-    session = cpu_session(path, sess_options=_session_options(precision))
+def _cpu_session_runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    from edge_biformer import cpu_session
+
+    session = cpu_session(path)
     return lambda x: session.run(None, {INPUT_NAME: x})[0]
 
 
@@ -251,9 +238,9 @@ class _Skip(Exception):
 def run_target(target: Target, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run ``target`` on every batch; raises ``_Skip`` when it cannot run on this machine."""
     if target.kind == "onnxrt":
-        run = _ort_runner(target.path, target.precision)
+        run = _ort_runner(target.path)
     elif target.kind == "cpu_session":
-        run = _cpu_session_runner(target.path, target.precision)
+        run = _cpu_session_runner(target.path)
     elif target.kind == "tensorrt":
         run = _trt_runner(target.path, target.plugin_library)
     else:

@@ -160,9 +160,11 @@ def run_with_taps(
         elem_type = info.elem_types.get(name, TensorProto.UNDEFINED)
         tapped.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
         present.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    from edge_biformer.runtime.cpu import session_options
+
+    session = ort.InferenceSession(
+        tapped.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"]
+    )
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, dict(feeds))
     return dict(zip(names, values, strict=True))
