@@ -225,6 +225,7 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
             )
         current = source
         manifest["from_onnx"] = {"path": str(source), "sha256": sha256_file(source), "graph": kind}
+        _adopt_export_manifest(manifest, source)
         img_size = _onnx_img_size(source) or cfg.img_size
         if kind == "plain":
             plain = source
@@ -530,6 +531,30 @@ class _FixedReference:
                 "check/reference.json does not match check/inputs.json; rerun with --recompute"
             )
         return torch.from_numpy(out)
+
+
+def _adopt_export_manifest(manifest: dict[str, Any], source: Path) -> None:
+    """Take model, configuration and weights from the side-car manifest of ``edge-biformer export``.
+
+    Then a build ``--from-onnx model.onnx`` can compute its own PyTorch reference for the check.
+    """
+    from edge_biformer.export import manifest_path
+
+    side_car = manifest_path(source)
+    if manifest.get("model") or not side_car.is_file():
+        return
+    try:
+        exported = json.loads(side_car.read_text())
+    except (OSError, ValueError):
+        return
+    if exported.get("kind") != "onnx" or not exported.get("model"):
+        return
+    weights = exported.get("weights")
+    if weights and not Path(weights).is_file():
+        return  # the reference would not be the exported model: let the check ask for --model/--weights
+    for key in ("model", "config", "weights", "weights_sha256"):
+        manifest[key] = exported.get(key)
+    log(f"from-onnx: model {exported['model']} and its weights taken from {side_car}")
 
 
 def _model_from_manifest(manifest: dict[str, Any]) -> Any:

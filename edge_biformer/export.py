@@ -318,7 +318,7 @@ def write_manifest(
         "kind": "onnx",
         "model": getattr(model, "variant", None),
         "config": getattr(model, "config", None),
-        "weights": str(weights) if weights else None,
+        "weights": str(Path(weights).resolve()) if weights else None,
         "weights_sha256": weights_sha256,
         "input": {"name": INPUT_NAME, "shape": result.input_shape, "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": result.output_shape, "dtype": "float32"},

@@ -225,3 +225,27 @@ def test_from_onnx_runs_the_remaining_stages(images: dict[str, Path], tmp_path: 
     assert rc == 0
     assert json.loads((out / "manifest.json").read_text())["from_onnx"]["graph"] == "fp16"
     np.testing.assert_equal(len(_hidden(out)), 0)
+
+
+def test_from_onnx_of_an_export_checks_against_its_model(
+    images: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """The command `edge-biformer export` prints next works: the export's manifest names the model."""
+    exported = tmp_path / "reduced.onnx"
+    rc = main(
+        ["export", "--model", "biformer_tiny", "--weights", str(CHECKPOINT), *arch_args(), "--img-size", "48",
+         "--output", str(exported)]
+    )  # fmt: skip
+    assert rc == 0
+    assert f"edge-biformer build --from-onnx {exported}" in capsys.readouterr().out
+    out = tmp_path / "out"
+    rc = main(
+        ["build", "--from-onnx", str(exported), "--precision", "fp32", "--output", str(out),
+         "--eval-data", str(images["test"]), "--check-num", "16", "--batch", "1,8,8"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "biformer_tiny" and manifest["weights"] == str(CHECKPOINT.resolve())
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"]["top1_accuracy"] >= 0.95  # the trained model, not random weights

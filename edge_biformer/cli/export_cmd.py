@@ -148,4 +148,5 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  polygraphy run {output} --onnxrt --input-shapes input:[1,3,{args.img_size[0]},{args.img_size[1]}]"
     )
+    print(f"  edge-biformer build --from-onnx {output} --precision fp16 --output {output.stem}_fp16")
     return 0
