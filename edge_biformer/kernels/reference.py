@@ -1,8 +1,7 @@
 """Plain PyTorch implementations of the ``BiLevelRoutingAttention`` op, for tests and benchmarks.
 
-- :func:`routed_attention_reference` evaluates the contract of ``plugins/bra/README.md`` literally
-  (regions, head-major channel split, gather in ``r_idx`` order, softmax, weighted sum), in float64
-  by default, one image at a time.
+- :func:`routed_attention_reference` evaluates the contract of ``plugins/bra/README.md`` in float64
+  (by default) with the package's reference implementation.
 - :func:`official_bra_core` is the attention core as the official BiFormer code computes it
   (``ops/bra_legacy.py``: expand + ``torch.gather`` of the concatenated K/V into a
   ``[N, S*S, topk, hk*wk, Cqk+Cv]`` tensor, batched matmul, softmax, matmul), in the input dtype.
@@ -41,29 +40,23 @@ def routed_attention_reference(
     scale: float,
     compute_dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """The op evaluated literally in ``compute_dtype`` (returned in that dtype, on q's device).
+    """The op evaluated in ``compute_dtype`` (returned in that dtype, on q's device).
 
-    Shapes as in :func:`edge_biformer.kernels.routed_attention`; ``S`` is read from
-    ``r_idx.shape[1]``. Repeated indices are gathered (and so attended) as often as they appear.
+    The package's one reference of the contract (:func:`edge_biformer.ops.routed_attention_reference`)
+    on inputs converted to ``compute_dtype`` (float64 by default, the yardstick for the kernel's
+    float32 and float16 results). ``S`` is read from ``r_idx.shape[1]``. Repeated indices are
+    gathered (and so attended) as often as they appear.
     """
-    n, hq, wq, c_qk = q.shape
-    c_v = v.shape[3]
-    s = math.isqrt(r_idx.shape[1])
-    m = num_heads
-    dqk, dv = c_qk // m, c_v // m
-    out = torch.empty((n, hq, wq, c_v), dtype=compute_dtype, device=q.device)
-    for i in range(n):
-        qr = _regions(q[i : i + 1].to(compute_dtype), s)[0]  # [S2, tq, Cqk]
-        kr = _regions(k[i : i + 1].to(compute_dtype), s)[0]  # [S2, tk, Cqk]
-        vr = _regions(v[i : i + 1].to(compute_dtype), s)[0]  # [S2, tk, Cv]
-        idx = r_idx[i].long()  # [S2, topk]
-        kg = kr[idx].reshape(s * s, -1, m, dqk).transpose(1, 2)  # [S2, M, topk*tk, dqk]
-        vg = vr[idx].reshape(s * s, -1, m, dv).transpose(1, 2)  # [S2, M, topk*tk, dv]
-        qh = qr.reshape(s * s, -1, m, dqk).transpose(1, 2)  # [S2, M, tq, dqk]
-        attn = torch.softmax(scale * (qh @ kg.transpose(-1, -2)), dim=-1)
-        o = (attn @ vg).transpose(1, 2).reshape(1, s * s, -1, c_v)
-        out[i : i + 1] = _unregions(o, s, hq, wq)
-    return out
+    from edge_biformer.ops.bra_reference import routed_attention_reference as reference
+
+    return reference(
+        q.to(compute_dtype),
+        k.to(compute_dtype),
+        v.to(compute_dtype),
+        r_idx,
+        num_heads=num_heads,
+        scale=scale,
+    )
 
 
 def official_bra_core(
