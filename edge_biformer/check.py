@@ -200,7 +200,7 @@ def load_polygraphy_outputs(path: str | os.PathLike[str]) -> list[np.ndarray]:
 # Running artifacts
 
 
-#: Precisions whose graphs (Q/DQ, float16) onnxruntime runs without graph optimizations
+#: Precisions whose graphs (float16 compute) onnxruntime runs without graph optimizations
 #: (:func:`edge_biformer.runtime.cpu.runs_unoptimized`); the printed polygraphy commands say so too
 #: (``--graph-optimization-level ORT_DISABLE_ALL``).
 UNOPTIMIZED_PRECISIONS = ("fp16", "int8")

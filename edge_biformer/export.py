@@ -336,9 +336,3 @@ def write_manifest(
     }
     with atomic_output(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-
-
-def manifest_path(onnx_path: str | os.PathLike[str]) -> Path:
-    """``model.onnx`` -> ``model.manifest.json`` (beside it)."""
-    p = Path(onnx_path)
-    return p.with_name(p.stem + ".manifest.json")

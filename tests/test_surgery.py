@@ -227,7 +227,7 @@ def _insert_qdq(source: Path, target: Path) -> int:
             node.inputs[0] = fake_quant(node.inputs[0], 0.05, f"qkv{i}_x")
     graph.cleanup().toposort()
     onnx.save(gs.export_onnx(graph), str(target))
-    return 10
+    return sum(n.op in ("QuantizeLinear", "DequantizeLinear") for n in graph.nodes)
 
 
 def test_rewrite_keeps_qdq_nodes(exported, tmp_path: Path) -> None:
@@ -246,6 +246,34 @@ def test_rewrite_keeps_qdq_nodes(exported, tmp_path: Path) -> None:
     assert report.qdq_before == report.qdq_after == inserted
     for batch in (1, 3):
         assert _run_pair(quantized, out, (batch, 3, 224, 224), seed=batch) <= 1e-4
+
+
+def test_rewrite_onnxruntime_quantized_graph(exported, tmp_path: Path) -> None:
+    """Q/DQ everywhere (onnxruntime's quantize_static): the pairs inside the attention are bypassed."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self._feeds = iter(
+                [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(2)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    quantized = tmp_path / "small_static_qdq.onnx"
+    quantize_static(str(exported("small_ts")), str(quantized), Reader(), quant_format=QuantFormat.QDQ)
+    before = _ops(onnx.load(str(quantized)))
+    out = tmp_path / "small_static_qdq.plugin.onnx"
+    report = rewrite_onnx(quantized, out)  # verify=True: every block and the whole graph are checked
+    after = _ops(onnx.load(str(out)))
+    assert report.replaced == 4 and after[OP_TYPE] == 4
+    assert report.output_check is not None and report.output_check.passed
+    qdq_before = before["QuantizeLinear"] + before["DequantizeLinear"]
+    qdq_after = after["QuantizeLinear"] + after["DequantizeLinear"]
+    assert report.qdq_before == qdq_before and report.qdq_after == qdq_after
+    assert 0 < qdq_after < qdq_before  # those inside the replaced attention are gone, the rest stay
 
 
 def _to_float16(source: Path, target: Path) -> None:

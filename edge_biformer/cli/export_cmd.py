@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.utils import log, sha256_file, stage
+from edge_biformer.utils import check_onnx_output, log, sha256_file, stage
 
 _MODEL_NAMES = ("biformer_tiny", "biformer_small", "biformer_base")
 
@@ -108,11 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_biformer.export import export_onnx, manifest_path, write_manifest
     from edge_biformer.models import create_model
 
-    output = Path(args.output)
-    if output.suffix != ".onnx":
-        raise EdgeBiformerError(f"--output {output} should end in .onnx")
-    if output.is_dir():
-        raise EdgeBiformerError(f"--output {output} is a directory; give the path of the .onnx file to write")
+    output = check_onnx_output(args.output)
     overrides = model_overrides(args)
     with stage(f"build {args.model}") as st:
         model = create_model(args.model, weights=args.weights, **overrides)

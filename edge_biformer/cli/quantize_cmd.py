@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.utils import log, stage
+from edge_biformer.utils import check_onnx_output, log, stage
 
 
 def add_calib_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,11 +121,9 @@ def run(args: argparse.Namespace) -> int:
     from edge_biformer import quantize
 
     source = Path(args.onnx)
-    output = Path(args.output)
     if not source.is_file():
         raise EdgeBiformerError(f"{source} does not exist; export one with `edge-biformer export`")
-    if output.suffix != ".onnx":
-        raise EdgeBiformerError(f"--output {output} should end in .onnx")
+    output = check_onnx_output(args.output, source)
     img_size = onnx_img_size(source) or args.img_size
     if args.precision == "fp16":
         with stage("quantize fp16") as st:

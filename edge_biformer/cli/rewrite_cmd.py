@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.utils import log, stage
+from edge_biformer.utils import check_onnx_output, log, stage
 
 if TYPE_CHECKING:
     from edge_biformer.surgery.pipeline import RewriteReport
@@ -104,11 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_biformer.surgery.pipeline import RewriteError, Rewriter, load_onnx, save_onnx, write_manifest
 
     source = Path(args.input)
-    output = Path(args.output)
-    if output.suffix != ".onnx":
-        raise EdgeBiformerError(f"--output {output} should end in .onnx")
-    if output.is_dir():
-        raise EdgeBiformerError(f"--output {output} is a directory; give the path of the .onnx file to write")
+    output = check_onnx_output(args.output, source)
     input_shapes = dict(args.input_shape)
 
     with stage("load onnx") as st:

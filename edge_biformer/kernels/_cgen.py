@@ -245,14 +245,18 @@ static int eb_bra_region_class(int64_t tokens) {{
     return EB_BRA_NUM_REGION_CLASSES - 1;
 }}
 
-static int eb_bra_find_variant(int dtype, int aligned, int block_d, int region) {{
+/* The built variant with the smallest head-dim bucket that holds d (a partial AOT build may lack
+ * the bucket of d itself; a larger one masks the extra channels). */
+static int eb_bra_find_variant(int dtype, int aligned, int32_t d, int region) {{
+    int best = -1;
     for (int i = 0; i < EB_BRA_NUM_VARIANTS; ++i) {{
         const eb_bra_variant_t* v = &eb_bra_variants[i];
-        if (v->dtype == dtype && v->aligned == aligned && v->block_d == block_d && v->region == region) {{
-            return i;
+        if (v->dtype == dtype && v->aligned == aligned && v->region == region && v->block_d >= d &&
+            (best < 0 || v->block_d < eb_bra_variants[best].block_d)) {{
+            best = i;
         }}
     }}
-    return -1;
+    return best;
 }}
 
 /* One dense NHWC map: its image must be addressable with 32-bit offsets (and strides). */
@@ -286,8 +290,8 @@ static eb_bra_status_t eb_bra_make_plan(const eb_bra_params_t* p, int aligned, e
     }}
     const int32_t d_qk = p->c_qk / p->num_heads;
     const int32_t d_v = p->c_v / p->num_heads;
-    const int block_d = eb_bra_head_bucket(d_qk > d_v ? d_qk : d_v);
-    if (block_d == 0) {{
+    const int32_t d_max = d_qk > d_v ? d_qk : d_v;
+    if (eb_bra_head_bucket(d_max) == 0) {{
         return EB_BRA_ERR_UNSUPPORTED;
     }}
     if (!eb_bra_fits_int32(p->hq, p->wq, p->c_qk) || !eb_bra_fits_int32(p->hk, p->wk, p->c_qk) ||
@@ -299,7 +303,7 @@ static eb_bra_status_t eb_bra_make_plan(const eb_bra_params_t* p, int aligned, e
     aligned = aligned && eb_bra_dtype_has_aligned[p->dtype] && d_qk % EB_BRA_ALIGN_ELEMS == 0 &&
               d_v % EB_BRA_ALIGN_ELEMS == 0 && p->c_qk % EB_BRA_ALIGN_ELEMS == 0 &&
               p->c_v % EB_BRA_ALIGN_ELEMS == 0;
-    const int variant = eb_bra_find_variant((int)p->dtype, aligned ? 1 : 0, block_d, eb_bra_region_class(tq));
+    const int variant = eb_bra_find_variant((int)p->dtype, aligned ? 1 : 0, d_max, eb_bra_region_class(tq));
     if (variant < 0) {{
         return EB_BRA_ERR_UNSUPPORTED;
     }}

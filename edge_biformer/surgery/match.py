@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from edge_biformer.surgery.graph import (
@@ -636,14 +637,30 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     v, v_pairs = _pick_source(v_trace, info, n_win, "values", involved)
     if k.width != q.width:
         raise _Partial(f"queries have {q.width} channels but keys {k.width}", involved)
+    types = {name: info.elem_type(src.tensor) for name, src in (("q", q), ("k", k), ("v", v))}
+    if len({t for t in types.values() if t is not None}) > 1:
+        raise _Partial(
+            "q, k and v have different element types ("
+            + ", ".join(
+                f"{n}: {onnx.TensorProto.DataType.Name(t)}" for n, t in types.items() if t is not None
+            )
+            + "); the op takes all three in one type",
+            involved,
+        )
 
     # num_heads from the attention operand (B, M, Tq, d), else from the head dim.
     q_operand = logits_mm.inputs[0]
     rank = info.rank(q_operand)
-    heads = info.static_dim(q_operand, 1) if rank == 4 else (1 if rank == 3 else None)
-    if heads is None:
-        head_dim = info.static_dim(q_operand, -1)
+    heads = info.static_dim(q_operand, 1) if rank == 4 else None
+    head_dim = info.static_dim(q_operand, -1)
+    if heads is None:  # e.g. rank 3 with the heads folded into the batch: [B*M, T, d]
         heads = q.width // head_dim if head_dim and q.width % head_dim == 0 else None
+    elif head_dim is not None and heads * head_dim != q.width:
+        raise _Partial(
+            f"the attention operand '{q_operand.name}' has {heads} heads of {head_dim} channels, "
+            f"but the queries have {q.width} channels",
+            involved,
+        )
     if heads is None:
         raise _Partial(
             f"the number of heads cannot be read from the attention operand '{q_operand.name}' "

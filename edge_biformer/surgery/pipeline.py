@@ -38,7 +38,7 @@ from edge_biformer.surgery.verify import (
     make_feeds,
     run_with_taps,
 )
-from edge_biformer.utils import atomic_output, sha256_file
+from edge_biformer.utils import atomic_output, check_onnx_output, manifest_path, sha256_file
 
 __all__ = [
     "RewriteError",
@@ -47,7 +47,6 @@ __all__ = [
     "StageRow",
     "analyse_model",
     "load_onnx",
-    "manifest_path",
     "rewrite_model",
     "rewrite_onnx",
     "save_onnx",
@@ -312,6 +311,11 @@ class Rewriter:
                     f"nothing to replace ({_partial_items(self.partial)}); pass --allow-none to write the "
                     "graph unchanged"
                 )
+            if any(node.op_type == OP_TYPE and node.domain == OP_DOMAIN for node in self.model.graph.node):
+                raise RewriteError(
+                    f"{self.source} is already rewritten: it holds {OP_TYPE} plugin nodes and no routed "
+                    "attention left to replace. Give the original export (edge-biformer export) instead"
+                )
             raise RewriteError(
                 f"{self.source}: found no BiFormer routed attention (BRA) block to replace: no TopK whose "
                 "indices drive a Gather/GatherElements of keys and values into a MatMul -> Softmax -> "
@@ -451,11 +455,7 @@ def rewrite_onnx(
             ``skip_partial``), a failed check, or an unreadable input.
     """
     source = str(input_path)
-    output_path = Path(output_path)
-    if output_path.suffix != ".onnx":
-        raise RewriteError(f"--output {output_path} should end in .onnx")
-    if output_path.is_dir():
-        raise RewriteError(f"--output {output_path} is a directory; give the path of the .onnx file to write")
+    output_path = check_onnx_output(output_path, input_path)
     model = load_onnx(input_path)
     rewritten, report = rewrite_model(
         model,
@@ -490,12 +490,6 @@ def save_onnx(
                 f"{path}: the rewritten graph is too large for one ONNX file ({err}); graphs over 2 GB are "
                 "not supported"
             ) from err
-
-
-def manifest_path(onnx_path: str | os.PathLike[str]) -> Path:
-    """``model.plugin.onnx`` -> ``model.plugin.manifest.json`` (beside it)."""
-    p = Path(onnx_path)
-    return p.with_name(p.stem + ".manifest.json")
 
 
 def write_manifest(report: RewriteReport) -> Path:

@@ -223,8 +223,27 @@ def replace_blocks(graph: gs.Graph, matches: list[BraMatch], info: GraphInfo) ->
         )
         output = match.output
         output.inputs.clear()  # detach o from the old attention; the plugin produces it now
-        output.dtype = _np_dtype(match.elem_type)
-        output.shape = _plugin_output_shape(match, info)
+        shape = _plugin_output_shape(match, info)
+        out_type = info.elem_type(output)
+        if out_type is not None and match.elem_type is not None and out_type != match.elem_type:
+            # A float Cast after the attention (e.g. kept in fp32 by --exclude): the op returns q's
+            # type, a Cast restores the type the rest of the graph reads.
+            o = gs.Variable(builder.unique(f"{prefix}/o"), dtype=_np_dtype(match.elem_type), shape=shape)
+            graph.nodes.append(
+                gs.Node(
+                    op="Cast",
+                    name=builder.unique(f"{prefix}/o_cast"),
+                    attrs={"to": int(out_type)},
+                    inputs=[o],
+                    outputs=[output],
+                )
+            )
+            output.dtype = _np_dtype(out_type)
+            output.shape = shape
+        else:
+            o = output
+            output.dtype = _np_dtype(match.elem_type)
+            output.shape = shape
         name = builder.unique(f"{prefix}/{OP_TYPE}")
         graph.nodes.append(
             gs.Node(
@@ -240,7 +259,7 @@ def replace_blocks(graph: gs.Graph, matches: list[BraMatch], info: GraphInfo) ->
                     "scale": float(np.float32(match.scale)),
                 },
                 inputs=[q, k, v, r_idx],
-                outputs=[output],
+                outputs=[o],
             )
         )
         builder.inserted += 1

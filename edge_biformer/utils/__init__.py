@@ -1,6 +1,20 @@
 """Small shared helpers: atomic file writes and the CLI's per-stage log lines."""
 
-from edge_biformer.utils.fileio import atomic_output, file_size_str, sha256_file
+from edge_biformer.utils.fileio import (
+    atomic_output,
+    check_onnx_output,
+    file_size_str,
+    manifest_path,
+    sha256_file,
+)
 from edge_biformer.utils.log import log, stage
 
-__all__ = ["atomic_output", "file_size_str", "log", "sha256_file", "stage"]
+__all__ = [
+    "atomic_output",
+    "check_onnx_output",
+    "file_size_str",
+    "log",
+    "manifest_path",
+    "sha256_file",
+    "stage",
+]

@@ -36,6 +36,29 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
             tmp.unlink()
 
 
+def check_onnx_output(output: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> Path:
+    """Validate an ``--output`` path for an ONNX file (and that it is not the ``source`` itself)."""
+    from edge_biformer.errors import EdgeBiformerError
+
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise EdgeBiformerError(f"--output {output} should end in .onnx")
+    if output.is_dir():
+        raise EdgeBiformerError(f"--output {output} is a directory; give the path of the .onnx file to write")
+    if source is not None and output.resolve() == Path(source).resolve():
+        raise EdgeBiformerError(
+            f"--output {output} is the input itself; write the result to a new file (the input stays the "
+            "reference that the checks and the manifest refer to)"
+        )
+    return output
+
+
+def manifest_path(artifact: str | os.PathLike[str]) -> Path:
+    """The side-car manifest of an artifact: ``model.onnx`` -> ``model.manifest.json`` (beside it)."""
+    p = Path(artifact)
+    return p.with_name(p.stem + ".manifest.json")
+
+
 def file_size_str(path: str | os.PathLike[str]) -> str:
     """Human-readable size of a file (``"12.3 MB"``), or ``"missing"``."""
     try:

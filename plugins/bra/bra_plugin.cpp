@@ -259,11 +259,24 @@ std::string statusMessage(eb_bra_status_t status, eb_bra_params_t const& p, int3
            << "); rebuild it with this architecture, e.g. scripts/build_plugins.sh --cuda-architectures " << sm;
         break;
     case EB_BRA_ERR_UNSUPPORTED:
-        os << ": head dims d_qk=" << (p.num_heads > 0 ? p.c_qk / p.num_heads : 0)
-           << ", d_v=" << (p.num_heads > 0 ? p.c_v / p.num_heads : 0) << " ("
-           << (p.dtype == EB_BRA_FLOAT16 ? "float16" : "float32")
-           << ") are outside the compiled kernel variants (see plugins/bra/README.md, Kernel)";
+    {
+        int32_t const dQk = p.num_heads > 0 ? p.c_qk / p.num_heads : 0;
+        int32_t const dV = p.num_heads > 0 ? p.c_v / p.num_heads : 0;
+        char const* const dtype = p.dtype == EB_BRA_FLOAT16 ? "float16" : "float32";
+        if (dQk > 128 || dV > 128)
+        {
+            os << ": head dims d_qk=" << dQk << ", d_v=" << dV << " (" << dtype
+               << ") exceed the largest compiled kernel variant (128)";
+        }
+        else
+        {
+            os << ": no compiled kernel variant runs this call (" << dtype << ", d_qk=" << dQk << ", d_v=" << dV
+               << "): the variant was left out of the AOT build (--dtype/--head-dim), it needs more shared memory "
+                  "than this GPU offers, or one image's map or the grid exceeds 2^31 elements; see "
+                  "plugins/bra/README.md, Kernel";
+        }
         break;
+    }
     case EB_BRA_ERR_CUDA: os << ": " << cudaErrorText(eb_bra_last_cuda_error()); break;
     default: break;
     }
@@ -837,11 +850,16 @@ char const* BiLevelRoutingAttentionPlugin::getMetadataString() noexcept
 {
     try
     {
-        std::ostringstream os;
-        os.precision(9);
-        os << "n_win=" << mAttrs.nWin << ", num_heads=" << mAttrs.numHeads << ", topk=" << mAttrs.topk
-           << ", scale=" << mAttrs.scale;
-        mMetadata = os.str();
+        // Built once: the attributes never change after construction, and a pointer returned earlier
+        // (getTimingCacheID shares this string) must stay valid while TensorRT holds it.
+        if (mMetadata.empty())
+        {
+            std::ostringstream os;
+            os.precision(9);
+            os << "n_win=" << mAttrs.nWin << ", num_heads=" << mAttrs.numHeads << ", topk=" << mAttrs.topk
+               << ", scale=" << mAttrs.scale;
+            mMetadata = os.str();
+        }
         return mMetadata.c_str();
     }
     catch (...)
@@ -904,7 +922,8 @@ IPluginV3* BiLevelRoutingAttentionPlugin::attachToContext(nvinfer1::IPluginResou
         if (cuCtxGetCurrent(&current) != CUDA_SUCCESS || current == nullptr)
         {
             // Unusual (TensorRT creates execution contexts with the engine's device current): load at the
-            // first onShapeChange instead, which runs on the inference thread, never inside enqueue.
+            // first onShapeChange instead. TensorRT calls it during the next enqueueV3, so that first
+            // inference pays for the load; the plugin's enqueue itself never loads.
             logMessage(Severity::kVERBOSE,
                 describe() + ": no CUDA context is current in attachToContext; loading the kernels at the first "
                              "onShapeChange");

@@ -592,7 +592,7 @@ void testConfigurePlugin()
         {{1, 7, 7, 512}, {1, 7, 7, 512}, {1, 7, 7, 32}, {1, 49, 4}},
         {{1, 7, 7, 512}, {1, 7, 7, 512}, {1, 7, 7, 32}, {1, 49, 4}}, DataType::kFLOAT);
     CHECK(b->configurePlugin(io, 4, io + 4, 1) != 0);
-    CHECK(contains(gLogger.last, "head dims d_qk=256, d_v=16 (float32) are outside the compiled kernel variants"));
+    CHECK(contains(gLogger.last, "head dims d_qk=256, d_v=16 (float32) exceed the largest compiled kernel variant"));
 
     // A GPU without kernels fails at build time too.
     eb_fake_sm = 70;
