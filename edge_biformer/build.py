@@ -194,6 +194,10 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
     out = cfg.output
     if out.exists() and not out.is_dir():
         raise EdgeBiformerError(f"--output {out} is a file; give a directory for the build artifacts")
+    if cfg.weights:
+        from edge_biformer.models.checkpoint import require_checkpoint_file
+
+        require_checkpoint_file(cfg.weights)  # before anything is created or hashed
     out.mkdir(parents=True, exist_ok=True)
     prec = cfg.precision
     manifest: dict[str, Any] = {
@@ -538,7 +542,7 @@ def _adopt_export_manifest(manifest: dict[str, Any], source: Path) -> None:
 
     Then a build ``--from-onnx model.onnx`` can compute its own PyTorch reference for the check.
     """
-    from edge_biformer.export import manifest_path
+    from edge_biformer.utils import manifest_path
 
     side_car = manifest_path(source)
     if manifest.get("model") or not side_car.is_file():

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.utils import check_onnx_output, log, sha256_file, stage
+from edge_biformer.utils import check_onnx_output, log, manifest_path, sha256_file, stage
 
 _MODEL_NAMES = ("biformer_tiny", "biformer_small", "biformer_base")
 
@@ -104,7 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run ``export``."""
-    from edge_biformer.export import export_onnx, manifest_path, write_manifest
+    from edge_biformer.export import export_onnx, write_manifest
     from edge_biformer.models import create_model
 
     output = check_onnx_output(args.output)

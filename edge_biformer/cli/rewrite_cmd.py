@@ -155,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
     manifest = write_manifest(report)
     log(f"manifest -> {manifest}")
     log("next:")
-    print(f"  trtexec --onnx={output} --staticPlugins=<BRA plugin .so built from plugins/> --fp16")
+    print(f"  edge-biformer build --from-onnx {output} --precision fp32 --output {output.stem}_engine")
+    print(
+        f"  trtexec --onnx={output} --stronglyTyped "
+        "--plugins=<libedge_biformer_plugins.so from scripts/build_plugins.sh>  # on the target GPU"
+    )
     print(
         f"  python -c \"import edge_biformer; s = edge_biformer.cpu_session('{output}')\"  # run on the CPU"
     )

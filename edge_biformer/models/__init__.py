@@ -104,7 +104,7 @@ def create_model(name: str, weights: str | os.PathLike[str] | None = None, **ove
     config = model_config(name, **overrides)
     try:
         model = BiFormer(**config)
-    except ValueError as err:
+    except (ValueError, TypeError, ZeroDivisionError) as err:  # e.g. --arch depth=2, head_dim=0
         raise EdgeBiformerError(f"cannot build {name} with {overrides or 'its defaults'}: {err}") from None
     if weights is not None:
         load_weights(model, weights, variant=name if not overrides else f"{name} with {overrides}")

@@ -129,6 +129,8 @@ class Block(nn.Module):
 
 
 def _per_stage(name: str, value: Sequence, n: int = 4) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} needs {n} values (one per stage), got {value!r}")
     value = list(value)
     if len(value) != n:
         raise ValueError(f"{name} needs {n} values (one per stage), got {value}")
@@ -215,7 +217,9 @@ class BiFormer(nn.Module):
                 )
             )
 
-        num_heads = [qk // head_dim for qk in qk_dims]
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be positive, got {head_dim}")
+        num_heads = [qk // head_dim for qk in qk_dims]  # floor, as the official code does
         self.stages = nn.ModuleList()
         for i in range(4):
             self.stages.append(

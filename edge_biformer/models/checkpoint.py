@@ -27,6 +27,17 @@ def _summarise(keys: list[str]) -> str:
     return shown + more
 
 
+def require_checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or a clear error if there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist (or is not a file); pass the path of a BiFormer .pth "
+            "file, e.g. the official biformer_tiny_best.pth"
+        )
+    return path
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], bool]:
     """Read the tensors of a checkpoint file with ``torch.load(weights_only=True)``.
 
@@ -34,12 +45,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     and ``module.``/``backbone.``-prefixed keys (DDP, mmdet/mmseg). Returns the state dict with
     prefixes removed and whether it was a ``backbone.``-prefixed dense-task checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist (or is not a file); pass the path of a BiFormer .pth "
-            "file, e.g. the official biformer_tiny_best.pth"
-        )
+    path = require_checkpoint_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler raises anything from IndexError to UnpicklingError
