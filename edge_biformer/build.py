@@ -439,7 +439,14 @@ def targets_from_manifest(outdir: Path, manifest: dict[str, Any]) -> list[Target
         targets.append(Target(f"{prec} onnx (onnxruntime)", path(arts["quantized"]), prec, "onnxrt"))
     if arts.get("plugin_onnx"):
         targets.append(
-            Target(f"{prec} plugin onnx (cpu_session)", path(arts["plugin_onnx"]), prec, "cpu_session", lib)
+            Target(
+                f"{prec} plugin onnx (cpu_session)",
+                path(arts["plugin_onnx"]),
+                prec,
+                "cpu_session",
+                lib,
+                profile_shapes=(manifest.get("profile") or {}).get("shapes"),
+            )
         )
     engine_name = arts.get("engine") or f"model.{prec}.engine"
     targets.append(Target(f"{prec} engine (tensorrt)", path(engine_name), prec, "tensorrt", lib))
@@ -469,7 +476,7 @@ def check_build(
     saved = (check_dir / "inputs.json").is_file() and (check_dir / "reference.json").is_file()
     if saved and data is None and model is None:
         # `check OUTDIR`: the inputs of the build's check, and its PyTorch reference unless
-        # --recompute (so the target GPU needs neither PyTorch nor the weights).
+        # --recompute (so the target GPU needs neither the weights nor a PyTorch run of the model).
         from polygraphy.json import load_json
 
         with check.quiet_polygraphy():

@@ -143,7 +143,11 @@ def scan(path: str | os.PathLike[str], labelled: bool = False) -> ScanResult:
         )
     if source.is_dir():
         result = ScanResult(kind="folder", source=source)
-        files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )  # hidden files and everything inside hidden folders (.ipynb_checkpoints, .git) are skipped
         if labelled:
             classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not classes:

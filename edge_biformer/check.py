@@ -80,6 +80,9 @@ class Target:
     precision: str
     kind: str  # "onnxrt" | "cpu_session" | "tensorrt"
     plugin_library: str | None = None
+    #: The optimisation profile's input shapes ({"min": [N, 3, H, W], "opt": ..., "max": ...}), for
+    #: the TensorRT build of an ONNX target (polygraphy's default profile would be batch 1).
+    profile_shapes: dict[str, list[int]] | None = None
 
 
 @dataclass
@@ -326,6 +329,10 @@ def polygraphy_command(
             args += ["--plugins", target.plugin_library]
         if target.precision in ("fp16", "int8"):
             args += ["--strongly-typed"]
+        for level in ("min", "opt", "max"):
+            if target.profile_shapes and level in target.profile_shapes:
+                dims = ",".join(str(d) for d in target.profile_shapes[level])
+                args += [f"--trt-{level}-shapes", f"{INPUT_NAME}:[{dims}]"]
     else:
         args += ["--onnxrt"]
         if target.precision in UNOPTIMIZED_PRECISIONS:

@@ -136,7 +136,7 @@ def test_unreadable_image_in_subset_is_replaced(tmp_path: Path) -> None:
     for i in range(5):
         (tmp_path / f"bad{i}.png").write_bytes(b"nope")
     data = calib.load(tmp_path, img_size=32, num=4, seed=3)
-    assert data.used == 4 and data.skipped_unreadable >= 0
+    assert data.used == 4 and data.skipped_unreadable >= 1  # seed 3 draws unreadable files first
 
 
 def test_npy_and_npz_tensors(tmp_path: Path) -> None:
@@ -209,3 +209,14 @@ def test_polygraphy_data_loader_script(tmp_path: Path) -> None:
     (_runner, iterations) = next(iter(results.items()))
     assert len(iterations) == 2
     np.testing.assert_array_equal(iterations[1]["logits"], np.maximum(expected.tensors[2:], 0))
+
+
+def test_hidden_folders_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "cat").mkdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    _image(tmp_path / "cat" / "a.png", seed=0, size=(40, 40))
+    _image(tmp_path / ".ipynb_checkpoints" / "b.png", seed=1, size=(40, 40))
+    _image(tmp_path / "cat" / ".c.png", seed=2, size=(40, 40))
+    assert calib.load(tmp_path, img_size=32).used == 1
+    labelled = calib.load(tmp_path, img_size=32, labelled=True)
+    assert labelled.used == 1

@@ -26,15 +26,9 @@ from edge_biformer.kernels import (
     routed_attention,
     routed_attention_reference,
 )
+from tests.conftest import REFERENCE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def reference_dir() -> Path:
-    """``../shared/reference`` relative to the repository root (always present in CI)."""
-    path = REPO.parent / "shared" / "reference"
-    assert path.is_dir(), f"reference data missing: {path} (the CI checkout has it beside the repo)"
-    return path
 
 
 def _routing(n: int, s: int, topk: int, pattern: str, gen: torch.Generator) -> torch.Tensor:
@@ -248,7 +242,7 @@ def test_kernel_matches_official_bra_of_reference_model() -> None:
     official routing (region means, scaled logits, TopK); the official core (gather + matmul +
     softmax + matmul) is the reference.
     """
-    sd = torch.load(reference_dir() / "official_small_w7.pth", weights_only=True)["model"]
+    sd = torch.load(REFERENCE_DIR / "official_small_w7.pth", weights_only=True)["model"]
     gen = torch.Generator().manual_seed(7)
     s = 7
     for stage, (size, dim, topk) in enumerate(((56, 32, 1), (28, 64, 4), (14, 128, 16))):
