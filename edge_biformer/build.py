@@ -86,18 +86,9 @@ class BuildResult:
 
 
 def _graph_kind(path: Path) -> str:
-    """``plugin`` (already rewritten), ``qdq`` (quantized), ``fp16`` or ``plain``."""
-    import onnx
+    from edge_biformer.quantize import graph_kind
 
-    model = onnx.load(str(path), load_external_data=False)
-    ops = {(n.domain, n.op_type) for n in model.graph.node}
-    if any(op == "BiLevelRoutingAttention" for _, op in ops):
-        return "plugin"
-    if any(op in ("QuantizeLinear", "DequantizeLinear") for _, op in ops):
-        return "qdq"
-    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
-        return "fp16"
-    return "plain"
+    return graph_kind(path)
 
 
 def _onnx_img_size(path: Path) -> tuple[int, int] | None:
@@ -365,9 +356,16 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         reason = engine.missing_reason()
         manifest["engine"]["reason"] = reason
         log(f"engine: not built here. {reason}.")
-        log("build it on the target GPU with either of:")
-        print(f"  {target_cmd}", flush=True)
-        print(f"  {trtexec}", flush=True)
+        if cfg.precision == "int8" and cfg.int8_mode == "calibrator":
+            # trtexec has no calibrator of its own data: without our cache it would calibrate on noise.
+            log("build it on the target GPU with (it calibrates there and writes the calibration cache):")
+            print(f"  {target_cmd}", flush=True)
+            log("later builds can reuse that cache with trtexec:")
+            print(f"  {trtexec}", flush=True)
+        else:
+            log("build it on the target GPU with either of:")
+            print(f"  {target_cmd}", flush=True)
+            print(f"  {trtexec}", flush=True)
 
     manifest["tolerances"] = {k: asdict(v) for k, v in TOLERANCES.items()}
     manifest["versions"] = _tool_versions()
@@ -396,6 +394,10 @@ def _target_build_command(cfg: BuildConfig, current: Path, lib: str | None) -> s
         args += ["--opt-level", str(cfg.opt_level)]
     if cfg.dla_core is not None:
         args += ["--dla-core", str(cfg.dla_core)]
+    if cfg.precision == "int8" and cfg.int8_mode == "calibrator":
+        # The implicit calibrator runs on the target: it needs the images there too.
+        source = getattr(cfg.calib, "source", None) if cfg.calib is not None else None
+        args += ["--int8-mode", "calibrator", "--calib-data", str(source or "/path/to/calibration/images")]
     return shlex.join(args)
 
 

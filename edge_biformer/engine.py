@@ -266,9 +266,19 @@ def build_engine(
     cache = None
     if options.timing_cache:
         blob = Path(options.timing_cache).read_bytes() if Path(options.timing_cache).is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        notes.append("timing cache " + ("reused" if blob else "created"))
+        cache = config.create_timing_cache(blob) if blob else None
+        # A cache of another GPU or TensorRT version (an output folder copied from a dGPU to a Jetson)
+        # or a corrupt file is not an error: start from an empty cache and say so.
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            if blob:
+                notes.append("timing cache not reusable on this GPU/TensorRT: started a new one")
+            cache = config.create_timing_cache(b"")
+            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+                raise EngineBuildError("TensorRT could not create a timing cache; build without one")
+        else:
+            notes.append("timing cache reused")
+        if not blob:
+            notes.append("timing cache created")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(
@@ -278,8 +288,10 @@ def build_engine(
     with atomic_output(engine_path, suffix=".engine") as tmp, open(tmp, "wb") as f:
         f.write(memoryview(serialized))
     if cache is not None and options.timing_cache:
-        with atomic_output(options.timing_cache, suffix=".cache") as tmp, open(tmp, "wb") as f:
-            f.write(memoryview(config.get_timing_cache().serialize()))
+        updated = config.get_timing_cache()
+        if updated is not None:
+            with atomic_output(options.timing_cache, suffix=".cache") as tmp, open(tmp, "wb") as f:
+                f.write(memoryview(updated.serialize()))
     return EngineResult(
         path=str(engine_path),
         seconds=time.perf_counter() - start,

@@ -354,6 +354,20 @@ def quantize_fp16(
     )
 
 
+def graph_kind(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
+    """``plugin`` (already rewritten), ``qdq`` (quantized), ``fp16`` (converted) or ``plain``."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if "BiLevelRoutingAttention" in ops:
+        return "plugin"
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        return "qdq"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "plain"
+
+
 def quantize_int8(
     onnx_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -391,8 +405,14 @@ def quantize_int8(
             "runs in onnxruntime on the plain export; quantize the output of `edge-biformer export` and "
             "rewrite afterwards"
         )
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+    kind = graph_kind(model)
+    if kind == "qdq":
         raise QuantizationError(f"{onnx_path} is already quantized (it has Q/DQ nodes)")
+    if kind == "fp16":
+        raise QuantizationError(
+            f"{onnx_path} is already converted to float16; INT8 calibration starts from the float32 export "
+            "(the output of `edge-biformer export`)"
+        )
     policy = node_policy(model, exclude)
     if not policy.int8:
         raise QuantizationError(

@@ -162,3 +162,15 @@ def test_quantize_cli_fp16(reduced_onnx: Path, tmp_path: Path, capsys: pytest.Ca
     assert "quantize fp16" in capsys.readouterr().out
     onnx.checker.check_model(str(out))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_int8_rejects_converted_graphs(reduced_onnx: Path, tmp_path: Path) -> None:
+    fp16 = tmp_path / "fp16.onnx"
+    quantize.quantize_fp16(reduced_onnx, fp16)
+    with pytest.raises(quantize.QuantizationError, match="already converted to float16"):
+        quantize.quantize_int8(fp16, tmp_path / "q.onnx", calib.synthetic(2, 48))
+    qdq = tmp_path / "qdq.onnx"
+    quantize.quantize_int8(reduced_onnx, qdq, calib.synthetic(8, 48, seed=1))
+    with pytest.raises(quantize.QuantizationError, match="already quantized"):
+        quantize.quantize_int8(qdq, tmp_path / "q2.onnx", calib.synthetic(2, 48))
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q2.onnx").exists()

@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
             args, img_size, required=args.precision == "int8" and not _is_final(args.from_onnx)
         )
     check_data = load_check_data(args, img_size, batch.opt)
-    if check_data is None and calib is not None:
+    saved_reference = args.from_onnx and (output / "check" / "reference.json").is_file()
+    if check_data is None and calib is not None and not saved_reference:
         check_data = calib
         log("check: using the calibration images as check inputs (pass --eval-data for held-out images)")
     cfg = BuildConfig(
