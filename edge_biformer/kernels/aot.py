@@ -315,8 +315,6 @@ def run_aot(
     """
     import triton
 
-    from edge_biformer.kernels import _cgen
-
     version = tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
     if version < MIN_TRITON:
         raise AotError(
@@ -372,38 +370,63 @@ def run_aot(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with stage("aot write") as st:
-        _clean_outputs(out)
-        files: list[dict[str, object]] = []
-        for img in images:
-            for kind, data in (("cubin", img.cubin), ("ptx", img.ptx.encode())):
-                rel = f"{kind}/sm_{img.arch}/{img.variant}.{kind}"
-                _write(out / rel, data)
-                files.append(
-                    {
-                        "file": rel,
-                        "kind": kind,
-                        "arch": img.arch,
-                        "variant": img.variant,
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "bytes": len(data),
-                        "embedded": kind == "cubin" or img.arch in ptx_list,
-                    }
-                )
-        sources = _cgen.generate(
-            variants=variants,
-            images=images,
-            archs=archs,
-            ptx_archs=ptx_list,
-            n_hidden=images[0].n_hidden,
-            header_comment=_header_comment(triton.__version__),
-        )
-        for name, text in sources.items():
-            _write(out / name, text.encode())
-        manifest = _manifest(variants, images, archs, ptx_list, ptxas, files, triton.__version__)
-        _write(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-        st.output = out / "manifest.json"
-        st.details.append(f"{len(sources)} C sources in {out}")
+    # Everything is written to a staging folder beside `out` and moved in only when complete, so a
+    # failed or interrupted run leaves the previous output as it was.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        with stage("aot write") as st:
+            manifest = _write_outputs(staging, variants, images, archs, ptx_list, ptxas)
+            _clean_outputs(out)
+            for entry in sorted(staging.iterdir()):
+                os.replace(entry, out / entry.name)
+            st.output = out / "manifest.json"
+            st.details.append(f"{len(manifest['sources'])} C sources in {out}")  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _write_outputs(
+    out: Path,
+    variants: Sequence[Variant],
+    images: Sequence[Image],
+    archs: Sequence[int],
+    ptx_list: Sequence[int],
+    ptxas: dict[str, str],
+) -> dict[str, object]:
+    """Write the images, the generated C and ``manifest.json`` into ``out``; return the manifest."""
+    import triton
+
+    from edge_biformer.kernels import _cgen
+
+    files: list[dict[str, object]] = []
+    for img in images:
+        for kind, data in (("cubin", img.cubin), ("ptx", img.ptx.encode())):
+            rel = f"{kind}/sm_{img.arch}/{img.variant}.{kind}"
+            _write(out / rel, data)
+            files.append(
+                {
+                    "file": rel,
+                    "kind": kind,
+                    "arch": img.arch,
+                    "variant": img.variant,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                    "embedded": kind == "cubin" or img.arch in ptx_list,
+                }
+            )
+    sources = _cgen.generate(
+        variants=variants,
+        images=images,
+        archs=archs,
+        ptx_archs=ptx_list,
+        n_hidden=images[0].n_hidden,
+        header_comment=_header_comment(triton.__version__),
+    )
+    for name, text in sources.items():
+        _write(out / name, text.encode())
+    manifest = _manifest(variants, images, archs, ptx_list, ptxas, files, triton.__version__)
+    _write(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return manifest
 
 
@@ -460,7 +483,8 @@ _GENERATED_PATTERNS = (
 
 
 def _clean_outputs(out: Path) -> None:
-    """Remove what an earlier run generated in ``out`` (only our own file names)."""
+    """Remove what an earlier run generated in ``out``: our own file names and the ``cubin/`` and
+    ``ptx/`` folders this tool writes."""
     for pattern in _GENERATED_PATTERNS:
         for p in out.glob(pattern):
             p.unlink()
