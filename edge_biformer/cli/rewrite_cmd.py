@@ -61,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--no-verify",
         action="store_true",
-        help="skip the onnxruntime checks (per block on real activations, and the whole graph)",
+        help="skip the onnxruntime checks (per block on real activations, and the whole graph); the "
+        "structure alone does not prove that a block computes the op",
     )
     parser.add_argument(
         "--input-shape",
@@ -114,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
         rewriter = Rewriter(model, source=str(source))
         result = rewriter.find()
         st.details.append(f"{len(result.matches)} matched, {len(result.partial)} partial")
+    if args.no_verify and rewriter.matches:
+        log(
+            "warning: --no-verify: the blocks are replaced on their structure alone; a layout the matcher "
+            "misreads (e.g. channels moved by a Transpose before the q/k/v split) would go unnoticed. "
+            "Check the result with edge_biformer.cpu_session against the original graph"
+        )
     if not args.no_verify and rewriter.matches:
         with stage("check blocks") as st:
             checks = rewriter.check(input_shapes)
