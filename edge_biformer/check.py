@@ -231,6 +231,8 @@ def _trt_runner(path: str, plugin_library: str | None) -> Callable[[np.ndarray],
 
     if not engine.tensorrt_available():
         raise _Skip(engine.missing_reason())
+    if not Path(path).is_file():
+        raise _Skip(f"the engine {path} has not been built yet (see manifest.json, engine.build_command)")
     return engine.engine_runner(path, plugin_library)
 
 
