@@ -426,6 +426,11 @@ def quantize_int8(
         tensors = tensors[:usable]
     key = calib_cache_key(onnx_path, calib_data.sha256, method, policy)
     cache_path = Path(cache) if cache is not None else None
+    if cache_path is not None and (cache_path.is_dir() or not cache_path.parent.is_dir()):
+        raise QuantizationError(
+            f"--calib-cache {cache_path} must be a file path in an existing folder (it is "
+            f"{'a directory' if cache_path.is_dir() else 'in a folder that does not exist'})"
+        )
     reuse = cache_path is not None and _cache_matches(cache_path, key)
     feed = tensors[:batch] if reuse else tensors  # cached scales overwrite the ranges of one batch
     shape = "x".join(str(d) for d in (batch, *tensors.shape[1:]))
