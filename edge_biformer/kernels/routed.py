@@ -239,7 +239,7 @@ def routed_attention(
     if g.batch == 0:
         return o
     if validate_indices:
-        lo, hi = int(r_idx.min()), int(r_idx.max())
+        lo, hi = torch.stack(torch.aminmax(r_idx)).tolist()  # one device-to-host copy
         if lo < 0 or hi >= g.n_win**2:
             raise _fail(
                 f"r_idx holds values in [{lo}, {hi}] but region indices must lie in "
