@@ -646,6 +646,23 @@ def test_kernels_cmake_with_pregenerated_dir(aot_dir: Path, tmp_path: Path) -> N
 
 @needs_c_toolchain
 @pytest.mark.skipif(CMAKE is None, reason="needs cmake")
+def test_kernels_cmake_refuses_pregenerated_dir_without_the_arch(aot_dir: Path, tmp_path: Path) -> None:
+    manifest = json.loads((aot_dir / "manifest.json").read_text())
+    missing = 75 if 75 not in manifest["archs"] and not any(p <= 75 for p in manifest["ptx_archs"]) else None
+    assert missing is not None, "the test's AOT subset should not cover sm_75"
+    proj = _cmake_project(tmp_path, f"ARCHS {manifest['archs'][0]} {missing}")
+    cfg = subprocess.run(
+        [CMAKE, "-S", str(proj), "-B", str(tmp_path / "build"), f"-DEB_BRA_KERNELS_DIR={aot_dir}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cfg.returncode != 0
+    assert f"has no kernel for sm_{missing}" in " ".join((cfg.stdout + cfg.stderr).split())
+
+
+@needs_c_toolchain
+@pytest.mark.skipif(CMAKE is None, reason="needs cmake")
 def test_kernels_cmake_build_time_mode_configures(tmp_path: Path) -> None:
     pytest.importorskip("triton", reason="the AOT step needs Triton")
     proj = _cmake_project(tmp_path, "ARCHS 87 90 PYTHON " + sys.executable)
