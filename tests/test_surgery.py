@@ -8,6 +8,9 @@ is run with ``edge_biformer.cpu_session`` against the original in onnxruntime.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -250,20 +253,36 @@ def test_rewrite_keeps_qdq_nodes(exported, tmp_path: Path) -> None:
 
 def test_rewrite_onnxruntime_quantized_graph(exported, tmp_path: Path) -> None:
     """Q/DQ everywhere (onnxruntime's quantize_static): the pairs inside the attention are bypassed."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(0)
-            self._feeds = iter(
-                [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(2)]
-            )
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._feeds, None)
-
     quantized = tmp_path / "small_static_qdq.onnx"
-    quantize_static(str(exported("small_ts")), str(quantized), Reader(), quant_format=QuantFormat.QDQ)
+    # In a fresh process: nvidia-modelopt (used by other tests) patches onnxruntime.quantization
+    # process-wide once it has run, and plain quantize_static then fails.
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                rng = np.random.default_rng(0)
+                self.feeds = iter(
+                    [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(2)]
+                )
+
+            def get_next(self):
+                return next(self.feeds, None)
+
+        quantize_static(sys.argv[1], sys.argv[2], Reader(), quant_format=QuantFormat.QDQ)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(exported("small_ts")), str(quantized)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     before = _ops(onnx.load(str(quantized)))
     out = tmp_path / "small_static_qdq.plugin.onnx"
     report = rewrite_onnx(quantized, out)  # verify=True: every block and the whole graph are checked
