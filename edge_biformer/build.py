@@ -224,6 +224,10 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         img_size = _onnx_img_size(source) or cfg.img_size
         if kind == "plain":
             plain = source
+        elif kind == "plugin":  # checked in cpu_session like a graph this build rewrote
+            manifest["artifacts"]["plugin_onnx"] = str(source.resolve())
+        else:
+            manifest["artifacts"]["quantized"] = str(source.resolve())
         log(f"from-onnx {source}: {kind} graph")
     else:
         if model_factory is None:
@@ -372,7 +376,16 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
 
     # 5. Check.
     report = None
-    if cfg.check:
+    saved_reference = (out / "check" / "reference.json").is_file()
+    if cfg.check and model is None and not manifest.get("model") and not saved_reference:
+        reason = (
+            f"no PyTorch reference for {cfg.from_onnx}: its export named no checkpoint (random weights, or "
+            "no <name>.manifest.json beside it) and this folder holds no saved check/reference.json. "
+            "Export with --weights (or build with --model/--weights) to get an accuracy check"
+        )
+        log(f"check skipped: {reason}")
+        manifest["check"] = {"skipped": reason}
+    elif cfg.check:
         report = check_build(out, manifest, model=model, data=cfg.check_data, check_num=cfg.check_num)
         manifest["check"] = {
             "passed": report.passed,
@@ -549,7 +562,8 @@ class _FixedReference:
 def _adopt_export_manifest(manifest: dict[str, Any], source: Path) -> None:
     """Take model, configuration and weights from the side-car manifest of ``edge-biformer export``.
 
-    Then a build ``--from-onnx model.onnx`` can compute its own PyTorch reference for the check.
+    Then a build ``--from-onnx model.onnx`` can compute its own PyTorch reference for the check. The
+    manifest of ``edge-biformer rewrite`` embeds its source's, which is followed.
     """
     from edge_biformer.utils import manifest_path
 
@@ -560,11 +574,15 @@ def _adopt_export_manifest(manifest: dict[str, Any], source: Path) -> None:
         exported = json.loads(side_car.read_text())
     except (OSError, ValueError):
         return
-    if exported.get("kind") != "onnx" or not exported.get("model"):
+    while isinstance(exported, dict) and not exported.get("model"):
+        exported = (exported.get("source") or {}).get("manifest")  # e.g. a rewrite of an export
+    if not isinstance(exported, dict) or exported.get("kind") != "onnx":
         return
     weights = exported.get("weights")
-    if weights and not Path(weights).is_file():
-        return  # the reference would not be the exported model: let the check ask for --model/--weights
+    if not weights or not Path(weights).is_file():
+        # Random weights (no --weights at export) cannot be rebuilt, and a moved checkpoint is not
+        # at hand: the reference would not be the exported model. The check asks for --model/--weights.
+        return
     for key in ("model", "config", "weights", "weights_sha256"):
         manifest[key] = exported.get(key)
     log(f"from-onnx: model {exported['model']} and its weights taken from {side_car}")
@@ -577,7 +595,8 @@ def _model_from_manifest(manifest: dict[str, Any]) -> Any:
     if not name:
         raise EdgeBiformerError(
             "this build started from --from-onnx without a PyTorch model, and no saved reference "
-            "(check/reference.json) exists: pass --model/--weights to `edge-biformer check`"
+            "(check/reference.json) exists: build from --model/--weights, or from the export of a "
+            "checkpoint (edge-biformer export --weights) whose manifest names it"
         )
     config = manifest.get("config") or {}
     return create_model(name, weights=manifest.get("weights"), **config)

@@ -249,3 +249,15 @@ def test_from_onnx_of_an_export_checks_against_its_model(
     assert manifest["model"] == "biformer_tiny" and manifest["weights"] == str(CHECKPOINT.resolve())
     report = json.loads((out / "report.json").read_text())
     assert report["reference"]["top1_accuracy"] >= 0.95  # the trained model, not random weights
+
+
+def test_from_onnx_without_a_reference_skips_the_check(tmp_path: Path, capsys) -> None:
+    """A graph exported with random weights has no reference to rebuild: the build says so and exits 0."""
+    exported = export_reduced(tmp_path / "random.onnx")  # random weights, no side-car manifest
+    out = tmp_path / "out"
+    rc = main(["build", "--from-onnx", str(exported), "--precision", "fp32", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "check skipped: no PyTorch reference" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "skipped" in manifest["check"] and not (out / "report.md").exists()
