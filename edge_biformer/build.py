@@ -334,6 +334,11 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         int8_mode=cfg.int8_mode,
         calib_cache=str(out / "model.int8.trt_calib.cache") if cfg.int8_mode == "calibrator" else None,
         calib_method=cfg.calib_method,
+        calib_key=(
+            f"{sha256_file(current)}:{cfg.calib.sha256}:{cfg.calib_method}:{cfg.batch.opt}"
+            if cfg.int8_mode == "calibrator" and cfg.calib is not None
+            else None
+        ),
     )
     trtexec = engine.trtexec_command(current, engine_path, options)
     target_cmd = _target_build_command(cfg, current, lib)

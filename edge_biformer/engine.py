@@ -18,6 +18,7 @@ load it as is).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
@@ -123,6 +124,9 @@ class EngineOptions:
     int8_mode: str = "qdq"
     calib_cache: str | None = None
     calib_method: str = "entropy"
+    #: Identifies the graph + calibration data + method; the calibrator cache is reused only for the
+    #: same key (kept in ``<calib_cache>.json``).
+    calib_key: str | None = None
 
 
 @dataclass
@@ -361,6 +365,7 @@ def make_calibrator(trt: Any, batches: Callable[[], Iterator[np.ndarray]], optio
     """An ``IInt8EntropyCalibrator2`` (or ``IInt8MinMaxCalibrator`` for ``calib_method=max``)."""
     base = trt.IInt8MinMaxCalibrator if options.calib_method == "max" else trt.IInt8EntropyCalibrator2
     cache_path = Path(options.calib_cache) if options.calib_cache else None
+    key_path = cache_path.with_name(cache_path.name + ".json") if cache_path is not None else None
     batch_size = options.batch.opt
 
     class _Calibrator(base):  # type: ignore[misc, valid-type]
@@ -379,6 +384,9 @@ def make_calibrator(trt: Any, batches: Callable[[], Iterator[np.ndarray]], optio
                 self._iter = _fixed_batches(batches(), batch_size)
             batch = next(self._iter, None)
             if batch is None:
+                if self._buffer is not None:
+                    self._buffer.free()
+                    self._buffer = None
                 return None
             if self._buffer is None:
                 self._buffer = _DeviceBuffer(batch.nbytes)
@@ -386,14 +394,21 @@ def make_calibrator(trt: Any, batches: Callable[[], Iterator[np.ndarray]], optio
             return [self._buffer.ptr]
 
         def read_calibration_cache(self) -> bytes | None:
-            if cache_path is not None and cache_path.is_file():
-                return cache_path.read_bytes()
-            return None
+            # Only a cache of the same graph, data and method: other scales would be wrong silently.
+            if cache_path is None or key_path is None or not cache_path.is_file() or not key_path.is_file():
+                return None
+            try:
+                key = json.loads(key_path.read_text()).get("key")
+            except (OSError, ValueError):
+                return None
+            return cache_path.read_bytes() if key and key == options.calib_key else None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            if cache_path is not None:
+            if cache_path is not None and key_path is not None:
                 with atomic_output(cache_path, suffix=".cache") as tmp:
                     tmp.write_bytes(bytes(memoryview(cache)))
+                with atomic_output(key_path, suffix=".json") as tmp:
+                    tmp.write_text(json.dumps({"key": options.calib_key}) + "\n")
 
     return _Calibrator()
 

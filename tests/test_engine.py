@@ -75,3 +75,31 @@ def test_build_and_run_fp32_engine(tmp_path: Path) -> None:
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-5
     again = engine.build_engine(onnx_path, tmp_path / "m2.engine", opts)
     assert "timing cache reused" in again.notes
+
+
+def test_calibrator_cache_is_reused_only_for_the_same_key(tmp_path) -> None:
+    """The implicit-INT8 calibrator (TensorRT < 10.1) keys its cache by graph, data and method."""
+    import types
+
+    class FakeCalibrator:  # stands in for trt.IInt8EntropyCalibrator2 / IInt8MinMaxCalibrator
+        def __init__(self) -> None:
+            pass
+
+    trt = types.SimpleNamespace(IInt8EntropyCalibrator2=FakeCalibrator, IInt8MinMaxCalibrator=FakeCalibrator)
+    cache = tmp_path / "model.int8.trt_calib.cache"
+
+    def calibrator(key: str):
+        options = engine.EngineOptions(
+            precision="int8",
+            img_size=(48, 48),
+            batch=engine.BatchProfile(1, 8, 8),
+            int8_mode="calibrator",
+            calib_cache=str(cache),
+            calib_key=key,
+        )
+        return engine.make_calibrator(trt, lambda: iter(()), options)
+
+    assert calibrator("graph-a:data-a").read_calibration_cache() is None
+    calibrator("graph-a:data-a").write_calibration_cache(b"TRT-8601-EntropyCalibration2\n")
+    assert calibrator("graph-a:data-a").read_calibration_cache() == b"TRT-8601-EntropyCalibration2\n"
+    assert calibrator("graph-b:data-a").read_calibration_cache() is None  # another graph: recalibrate
