@@ -6,6 +6,8 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <utility>
 
@@ -874,6 +876,32 @@ char const* BiLevelRoutingAttentionPlugin::getTimingCacheID() noexcept
     return getMetadataString();
 }
 
+BraModulePtr acquireKernelModule(CUcontext ctx, eb_bra_status_t* status)
+{
+    static std::mutex mutex;
+    static std::map<CUcontext, std::weak_ptr<struct eb_bra_module>> modules;
+    std::lock_guard<std::mutex> const lock(mutex);
+    auto const found = modules.find(ctx);
+    if (found != modules.end())
+    {
+        if (BraModulePtr shared = found->second.lock())
+        {
+            *status = EB_BRA_SUCCESS;
+            return shared;
+        }
+    }
+    eb_bra_module_t raw{nullptr};
+    *status = eb_bra_module_load(&raw);
+    if (*status != EB_BRA_SUCCESS)
+    {
+        eb_bra_module_unload(raw); // safe on NULL
+        return nullptr;
+    }
+    BraModulePtr shared(raw, [](eb_bra_module_t module) { eb_bra_module_unload(module); });
+    modules[ctx] = shared; // an expired entry of a destroyed context with the same handle is replaced
+    return shared;
+}
+
 std::string BiLevelRoutingAttentionPlugin::loadKernelModule() noexcept
 {
     try
@@ -885,16 +913,15 @@ std::string BiLevelRoutingAttentionPlugin::loadKernelModule() noexcept
             return "no CUDA context is current on this thread, so the kernels cannot be loaded; make the engine's "
                    "device current (cudaSetDevice) before creating the execution context";
         }
-        eb_bra_module_t module{nullptr};
-        eb_bra_status_t const status = eb_bra_module_load(&module);
-        if (status != EB_BRA_SUCCESS)
+        eb_bra_status_t status{EB_BRA_SUCCESS};
+        BraModulePtr module = acquireKernelModule(ctx, &status);
+        if (!module)
         {
-            eb_bra_module_unload(module);
             eb_bra_params_t p = mParams;
             p.num_heads = mAttrs.numHeads;
             return "cannot load the kernels: " + statusMessage(status, p, sm);
         }
-        mModule.reset(module);
+        mModule = std::move(module);
         mSm = sm;
         if (mParamsValid)
         {

@@ -62,15 +62,15 @@ std::string validateAttributes(BraAttributes const& attrs) noexcept;
 std::string checkShapes(BraAttributes const& attrs, nvinfer1::Dims const& q, nvinfer1::Dims const& k,
     nvinfer1::Dims const& v, nvinfer1::Dims const& rIdx, char const* what, eb_bra_params_t* params) noexcept;
 
-//! Deleter of the kernel module handle (eb_bra_module_unload is safe on NULL).
-struct BraModuleDeleter
-{
-    void operator()(eb_bra_module_t module) const noexcept
-    {
-        eb_bra_module_unload(module);
-    }
-};
-using BraModulePtr = std::unique_ptr<struct eb_bra_module, BraModuleDeleter>;
+//! The kernel module of one CUDA context, shared (reference counted) by every attached plugin
+//! instance in that context: an engine has one instance per BRA layer (26 in BiFormer-S), and each
+//! loading all kernel variants would multiply the load time and device memory by that count. The
+//! last instance released unloads it.
+using BraModulePtr = std::shared_ptr<struct eb_bra_module>;
+
+//! The module of context `ctx`: the one already loaded there if some instance still holds it, else
+//! a newly loaded one. On failure returns null and sets `status`.
+BraModulePtr acquireKernelModule(CUcontext ctx, eb_bra_status_t* status);
 
 class BiLevelRoutingAttentionPlugin final : public nvinfer1::IPluginV3,
                                             public nvinfer1::IPluginV3OneCore,
