@@ -85,18 +85,6 @@ class BuildResult:
         return self.report is None or self.report.passed
 
 
-def _graph_kind(path: Path) -> str:
-    from edge_biformer.quantize import graph_kind
-
-    return graph_kind(path)
-
-
-def _onnx_img_size(path: Path) -> tuple[int, int] | None:
-    from edge_biformer.cli.quantize_cmd import onnx_img_size
-
-    return onnx_img_size(path)
-
-
 def plugin_library(explicit: str | None) -> tuple[str | None, str]:
     """(path or ``None``, how it was found) of the plugin library."""
     if explicit:
@@ -211,7 +199,7 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         source = Path(cfg.from_onnx)
         if not source.is_file():
             raise EdgeBiformerError(f"--from-onnx {source} does not exist")
-        kind = _graph_kind(source)
+        kind = quantize.graph_kind(source)
         expected = {"qdq": ("int8",), "fp16": ("fp16",)}.get(kind)
         if expected and prec not in expected:
             raise EdgeBiformerError(
@@ -221,7 +209,7 @@ def run_build(cfg: BuildConfig, model_factory: Callable[[], Any] | None = None) 
         current = source
         manifest["from_onnx"] = {"path": str(source), "sha256": sha256_file(source), "graph": kind}
         _adopt_export_manifest(manifest, source)
-        img_size = _onnx_img_size(source) or cfg.img_size
+        img_size = quantize.onnx_img_size(source) or cfg.img_size
         if kind == "plain":
             plain = source
         elif kind == "plugin":  # checked in cpu_session like a graph this build rewrote

@@ -354,6 +354,21 @@ def quantize_fp16(
     )
 
 
+def onnx_img_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Static (H, W) of the graph input, or ``None`` if dynamic."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:
+        raise EdgeBiformerError(f"cannot read the ONNX model {path}: {err}") from None
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise EdgeBiformerError(f"{path}: expected an N x 3 x H x W image input, got rank {len(dims)}")
+    h, w = dims[2], dims[3]
+    if h.HasField("dim_value") and w.HasField("dim_value"):
+        return int(h.dim_value), int(w.dim_value)
+    return None
+
+
 def graph_kind(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
     """``plugin`` (already rewritten), ``qdq`` (quantized), ``fp16`` (converted) or ``plain``."""
     if not isinstance(model, onnx.ModelProto):

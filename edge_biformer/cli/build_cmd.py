@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     img_size = args.img_size
     if args.from_onnx:
-        from edge_biformer.cli.quantize_cmd import onnx_img_size
+        from edge_biformer.quantize import onnx_img_size
 
         source = Path(args.from_onnx)
         if not source.is_file():
@@ -190,6 +190,6 @@ def _is_final(from_onnx: str | None) -> bool:
     """True when --from-onnx is already quantized or rewritten (no calibration needed)."""
     if not from_onnx:
         return False
-    from edge_biformer.build import _graph_kind
+    from edge_biformer.quantize import graph_kind
 
-    return _graph_kind(Path(from_onnx)) != "plain"
+    return graph_kind(from_onnx) != "plain"

@@ -74,23 +74,6 @@ def load_calib(args: argparse.Namespace, img_size: tuple[int, int], required: bo
     return data
 
 
-def onnx_img_size(path: Path) -> tuple[int, int] | None:
-    """Static (H, W) of the graph input, or ``None`` if dynamic."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as err:
-        raise EdgeBiformerError(f"cannot read the ONNX model {path}: {err}") from None
-    dims = graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise EdgeBiformerError(f"{path}: expected an N x 3 x H x W image input, got rank {len(dims)}")
-    h, w = dims[2], dims[3]
-    if h.HasField("dim_value") and w.HasField("dim_value"):
-        return int(h.dim_value), int(w.dim_value)
-    return None
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``quantize``."""
     from edge_biformer.cli.export_cmd import parse_img_size
@@ -124,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise EdgeBiformerError(f"{source} does not exist; export one with `edge-biformer export`")
     output = check_onnx_output(args.output, source)
-    img_size = onnx_img_size(source) or args.img_size
+    img_size = quantize.onnx_img_size(source) or args.img_size
     if args.precision == "fp16":
         with stage("quantize fp16") as st:
             result = quantize.quantize_fp16(source, output, keep_fp32=args.exclude)
