@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_biformer.cli.export_cmd import model_overrides, parse_img_size
+from edge_biformer.cli.export_cmd import add_model_arguments, model_overrides, parse_img_size
 from edge_biformer.cli.quantize_cmd import add_calib_arguments, load_calib
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import log
@@ -59,13 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Exit status 1 when the check fails."
         ),
     )
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="NAME", help="biformer_tiny, biformer_small or biformer_base")
-    group.add_argument("--weights", metavar="PATH", help="checkpoint (.pth); random weights without it")
-    group.add_argument("--num-classes", type=int, metavar="N")
-    group.add_argument("--n-win", type=int, metavar="S")
-    group.add_argument("--auto-pad", action="store_true")
-    group.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE")
+    group = add_model_arguments(parser, required=False)  # or --from-onnx
     group.add_argument(
         "--from-onnx",
         metavar="PATH",

@@ -12,10 +12,10 @@ from edge_biformer.utils import check_onnx_output, log, manifest_path, sha256_fi
 _MODEL_NAMES = ("biformer_tiny", "biformer_small", "biformer_base")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model-selection options shared by the commands that start from PyTorch."""
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> argparse._ArgumentGroup:
+    """The model-selection options shared by the commands that start from PyTorch; returns the group."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, metavar="NAME", help=f"one of {', '.join(_MODEL_NAMES)}")
+    group.add_argument("--model", required=required, metavar="NAME", help=f"one of {', '.join(_MODEL_NAMES)}")
     group.add_argument(
         "--weights", metavar="PATH", help="checkpoint (.pth): official release, model_ema, or dense backbone"
     )
@@ -35,6 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="other official constructor argument, VALUE in JSON (e.g. --arch depth=[1,1,2,1]); repeatable",
     )
+    return group
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
