@@ -46,6 +46,7 @@ if (_CHECKOUT / "edge_biformer" / "calib.py").is_file() and str(_CHECKOUT) not i
     for _name in [m for m in sys.modules if m == "edge_biformer" or m.startswith("edge_biformer.")]:
         del sys.modules[_name]
 from edge_biformer import calib as _calib  # noqa: E402
+from edge_biformer.utils.sizes import parse_image_size  # noqa: E402
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -54,9 +55,11 @@ def _env_int(name: str, default: int | None) -> int | None:
 
 
 def _img_size() -> tuple[int, int]:
-    text = os.environ.get("EDGE_BIFORMER_IMG_SIZE", "224").strip().lower()
-    parts = [int(p) for p in text.split("x")]
-    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    text = os.environ.get("EDGE_BIFORMER_IMG_SIZE", "224")
+    try:
+        return parse_image_size(text)
+    except ValueError as err:
+        raise SystemExit(f"calib/data_loader.py: EDGE_BIFORMER_IMG_SIZE: {err}") from None
 
 
 def load_calibration() -> _calib.CalibrationData:

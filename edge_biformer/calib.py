@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.utils.sizes import image_hw
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TENSOR_EXTENSIONS = (".npy", ".npz")
@@ -59,20 +60,9 @@ def _require_pillow() -> Any:
     return Image
 
 
-def _img_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    values = [int(v) for v in img_size]
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) != 2:
-        raise CalibrationDataError(f"img_size must be N or (H, W), got {img_size}")
-    return values[0], values[1]
-
-
 def resize_size(img_size: int | Sequence[int], crop_pct: float = CROP_PCT) -> int | tuple[int, int]:
     """Resize target before the center crop: the shorter side (square inputs) or ``(H, W)``."""
-    h, w = _img_hw(img_size)
+    h, w = image_hw(img_size)
     if h == w:
         return math.floor(h / crop_pct)
     return math.floor(h / crop_pct), math.floor(w / crop_pct)
@@ -88,7 +78,7 @@ def preprocess_image(
     [0, 1] and normalise with the ImageNet mean and std.
     """
     Image = _require_pillow()
-    h, w = _img_hw(img_size)
+    h, w = image_hw(img_size)
     image = image.convert("RGB")
     target = resize_size((h, w), crop_pct)
     if isinstance(target, int):
@@ -351,7 +341,7 @@ def load(
     Raises:
         CalibrationDataError: nothing usable at ``path``, or tensors of the wrong shape.
     """
-    h, w = _img_hw(img_size)
+    h, w = image_hw(img_size)
     if batch_size < 1:
         raise CalibrationDataError(f"--calib-batch must be >= 1, got {batch_size}")
     found = scan(path, labelled=labelled)
@@ -448,7 +438,7 @@ def synthetic(
     n: int, img_size: int | Sequence[int] = 224, batch_size: int = 8, seed: int = 0
 ) -> CalibrationData:
     """Seeded standard-normal tensors, for checks when the user gave no data (not for calibration)."""
-    h, w = _img_hw(img_size)
+    h, w = image_hw(img_size)
     rng = np.random.default_rng(seed)
     tensors = rng.standard_normal((n, 3, h, w), dtype=np.float32)
     return CalibrationData(

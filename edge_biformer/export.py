@@ -28,6 +28,7 @@ from torch import nn
 from edge_biformer import __version__
 from edge_biformer.errors import EdgeBiformerError, ExportError
 from edge_biformer.utils import atomic_output
+from edge_biformer.utils.sizes import image_hw
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -104,17 +105,6 @@ def check_input_size(model: nn.Module, height: int, width: int) -> None:
                 f"input must be a multiple of {32 * n_win} for the released models. Use {near}, or "
                 "build the model with auto_pad=True (--auto-pad) to accept any size"
             )
-
-
-def _parse_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    values = list(img_size)
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise EdgeBiformerError(f"img_size must be one int or (height, width), got {img_size}")
 
 
 def _export_graph(
@@ -245,7 +235,7 @@ def export_onnx(
         raise EdgeBiformerError(f"the dynamo exporter emits opset 18 or newer; use --opset 18 (got {opset})")
     if static_batch is not None and static_batch < 1:
         raise EdgeBiformerError(f"--static-batch must be >= 1, got {static_batch}")
-    height, width = _parse_img_size(img_size)
+    height, width = image_hw(img_size)
     check_input_size(model, height, width)
     dynamic_hw = bool(getattr(model, "config", {}).get("auto_pad", False))
     output = Path(output)

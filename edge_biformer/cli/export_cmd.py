@@ -8,6 +8,7 @@ from typing import Any
 
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import check_onnx_output, log, manifest_path, sha256_file, stage
+from edge_biformer.utils.sizes import parse_image_size
 
 _MODEL_NAMES = ("biformer_tiny", "biformer_small", "biformer_base")
 
@@ -59,16 +60,11 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_img_size(text: str) -> tuple[int, int]:
-    """``224`` or ``512x640`` (height x width)."""
+    """``224`` or ``512x640`` (height x width), for argparse."""
     try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        return parts[0], parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+        return parse_image_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
