@@ -157,6 +157,16 @@ def routing_nodes(graph: onnx.GraphProto, max_depth: int = 8) -> list[str]:
     return found
 
 
+def _exclude_patterns(exclude: Sequence[str]) -> list[re.Pattern[str]]:
+    """Compile ``--exclude`` node-name patterns, with a clear error for an invalid one."""
+    try:
+        return [re.compile(p) for p in exclude]
+    except re.error as err:
+        raise QuantizationError(
+            f"--exclude pattern {err.pattern!r} is not a valid regular expression: {err}"
+        ) from None
+
+
 def node_policy(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> NodePolicy:
     """The default INT8/FP32 policy for a BiFormer graph, minus the user's ``exclude`` patterns.
 
@@ -164,12 +174,7 @@ def node_policy(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> NodePoli
     """
     graph = model.graph
     constants = _constant_names(graph)
-    try:
-        patterns = [re.compile(p) for p in exclude]
-    except re.error as err:
-        raise QuantizationError(
-            f"--exclude pattern {err.pattern!r} is not a valid regular expression: {err}"
-        ) from None
+    patterns = _exclude_patterns(exclude)
     routing = routing_nodes(graph)
     routing_set = set(routing)
     int8: list[str] = []
@@ -336,9 +341,8 @@ def quantize_fp16(
     start = time.perf_counter()
     model = onnx.load(str(onnx_path))
     policy = node_policy(model)
-    extra = node_policy(model, keep_fp32).excluded_by_user if keep_fp32 else []
-    patterns = [re.compile(p) for p in keep_fp32]
-    extra += [n.name for n in model.graph.node if any(p.search(n.name) for p in patterns)]
+    patterns = _exclude_patterns(keep_fp32)
+    extra = [n.name for n in model.graph.node if any(p.search(n.name) for p in patterns)]
     fp32 = sorted(set(policy.fp32) | set(extra))
     with _quiet_modelopt():
         converted = convert_fp16_model(model, fp32)
