@@ -41,7 +41,7 @@ import numpy as np
 # Inside a checkout, use the package beside this script (same version as the script), else the
 # installed one.
 _CHECKOUT = Path(__file__).resolve().parents[1]
-if (_CHECKOUT / "edge_biformer" / "calib.py").is_file() and str(_CHECKOUT) not in sys.path:
+if (_CHECKOUT / "edge_biformer" / "calib" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
     sys.path.insert(1, str(_CHECKOUT))
     for _name in [m for m in sys.modules if m == "edge_biformer" or m.startswith("edge_biformer.")]:
         del sys.modules[_name]

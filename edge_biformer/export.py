@@ -1,4 +1,4 @@
-"""PyTorch -> ONNX export of BiFormer, verified against PyTorch in onnxruntime.
+"""The export stage: PyTorch -> ONNX of BiFormer, verified against PyTorch in onnxruntime.
 
 The exported graph has one input ``input`` (N, 3, H, W float32) and one output ``logits``. The
 batch is dynamic unless a static batch is asked for; the spatial size is fixed at export, except
@@ -10,48 +10,54 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from edge_biformer import __version__
+from edge_biformer import manifest as manifests
+from edge_biformer.check import TOLERANCES, Comparison, Tolerance, compare
 from edge_biformer.errors import EdgeBiformerError, ExportError
-from edge_biformer.utils import atomic_output
+from edge_biformer.onnx_io import INPUT_NAME, OUTPUT_NAME, save_model
+from edge_biformer.utils import atomic_output, check_onnx_output, log, sha256_file, stage
 from edge_biformer.utils.sizes import image_hw
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 EXPORTERS = ("torchscript", "dynamo")
-#: Default verification tolerance: max |onnx - torch| / max |torch| for float32 graphs.
-DEFAULT_RTOL = 1e-4
 
 
 @dataclass
-class Verification:
-    """Result of comparing an exported graph with PyTorch on the same inputs."""
+class ExportOptions:
+    """The export stage: the model to build (``model``, ``weights``, ``overrides``) and how to export it.
 
-    batch_sizes: list[int]
-    input_shapes: list[list[int]]
-    max_abs_diff: float
-    max_rel_diff: float
-    tolerance: float
-    passed: bool
+    ``tolerance`` replaces the ``max_rel`` of the ``export`` entry of the tolerance table;
+    ``verify_batches`` are the batch sizes of the onnxruntime-vs-PyTorch check (ignored with
+    ``static_batch``).
+    """
+
+    output: Path | None = None
+    model: str | None = None
+    weights: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    img_size: tuple[int, int] = (224, 224)
+    opset: int = 17
+    static_batch: int | None = None
+    exporter: str = "torchscript"
+    verify: bool = True
+    verify_batches: tuple[int, ...] = (1, 2)
+    tolerance: float | None = None
+    seed: int = 0
 
 
 @dataclass
 class ExportResult:
-    """What :func:`export_onnx` wrote and measured."""
+    """What :func:`export_onnx` wrote and measured (``verification``: onnxruntime against PyTorch)."""
 
     path: str
     input_shape: list[int | str]
@@ -59,8 +65,15 @@ class ExportResult:
     opset: int
     exporter: str
     seconds: float
-    verification: Verification | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    verification: Comparison | None = None
+    verify_batches: list[int] = field(default_factory=list)
+    manifest: str | None = None
+
+    def verification_record(self) -> dict[str, Any] | None:
+        """The manifest's ``verification`` record."""
+        if self.verification is None:
+            return None
+        return {**self.verification.to_dict(), "batch_sizes": self.verify_batches}
 
 
 def _stage_sizes(size: int, n_stages: int = 4) -> list[int]:
@@ -165,35 +178,28 @@ def verify_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
     inputs: Sequence[torch.Tensor],
-    tolerance: float = DEFAULT_RTOL,
-) -> Verification:
-    """Run the graph in onnxruntime (CPU) and PyTorch on each input; compare the logits.
+    tolerance: Tolerance | None = None,
+) -> Comparison:
+    """Run the graph in onnxruntime (CPU) and PyTorch on each input; compare the outputs.
 
-    The relative difference is ``max|onnx - torch| / max|torch|`` over all inputs.
+    Judged by :func:`edge_biformer.check.compare` with the ``export`` tolerance (by default), i.e.
+    ``max|onnx - torch| / max|torch|`` over all inputs.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    max_abs, max_ref = 0.0, 0.0
+    refs, outs = [], []
     for x in inputs:
         with torch.no_grad():
             ref = model(x).numpy()
         out = session.run(None, {INPUT_NAME: x.numpy()})[0]
         if out.shape != ref.shape:
             raise ExportError(f"{path}: onnxruntime returned shape {out.shape}, PyTorch {ref.shape}")
-        max_abs = max(max_abs, float(np.abs(out - ref).max()))
-        max_ref = max(max_ref, float(np.abs(ref).max()))
-    rel = max_abs / max(max_ref, 1e-12)
-    return Verification(
-        batch_sizes=[int(x.shape[0]) for x in inputs],
-        input_shapes=[list(x.shape) for x in inputs],
-        max_abs_diff=max_abs,
-        max_rel_diff=rel,
-        tolerance=tolerance,
-        passed=bool(rel <= tolerance),
-    )
+        refs.append(ref)
+        outs.append(out)
+    return compare(outs, refs, tolerance or TOLERANCES["export"])
 
 
 def export_onnx(
@@ -206,8 +212,9 @@ def export_onnx(
     exporter: str = "torchscript",
     verify: bool = True,
     verify_batches: Sequence[int] = (1, 2),
-    tolerance: float = DEFAULT_RTOL,
+    tolerance: float | None = None,
     seed: int = 0,
+    provenance: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``output`` and (by default) verify it against PyTorch.
 
@@ -224,8 +231,10 @@ def export_onnx(
         exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``) or ``"dynamo"``.
         verify: compare onnxruntime with PyTorch on seeded random inputs.
         verify_batches: batch sizes to verify with (ignored with ``static_batch``).
-        tolerance: maximum ``max|onnx - torch| / max|torch|``.
+        tolerance: maximum ``max|onnx - torch| / max|torch|`` (default: the ``export`` entry of
+            the tolerance table).
         seed: seed of the verification inputs.
+        provenance: ``metadata_props`` entries for the graph (see :func:`edge_biformer.manifest.provenance`).
     """
     if exporter not in EXPORTERS:
         raise EdgeBiformerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -242,6 +251,7 @@ def export_onnx(
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(static_batch or 1, 3, height, width, generator=generator)
+    tol = TOLERANCES["export"] if tolerance is None else replace(TOLERANCES["export"], max_rel=tolerance)
 
     start = time.perf_counter()
     with atomic_output(output, suffix=".onnx") as tmp:
@@ -255,7 +265,8 @@ def export_onnx(
                 dynamic_hw=dynamic_hw,
                 exporter=exporter,
             )
-            onnx.checker.check_model(str(tmp))
+            graph_model = onnx.load(str(tmp))
+            onnx.checker.check_model(graph_model)
         except EdgeBiformerError:
             raise
         except Exception as err:  # exporter internals: report them as one clear error
@@ -269,7 +280,7 @@ def export_onnx(
                 "(--exporter torchscript|dynamo) or another opset"
             ) from err
         seconds = time.perf_counter() - start
-        graph = onnx.load(str(tmp), load_external_data=False).graph
+        graph = graph_model.graph
         result = ExportResult(
             path=str(output),
             input_shape=_onnx_shape(graph.input[0]),
@@ -281,48 +292,98 @@ def export_onnx(
         if verify:
             batches = [static_batch] if static_batch else list(verify_batches)
             inputs = [torch.randn(b, 3, height, width, generator=generator) for b in batches]
-            result.verification = verify_onnx(model, tmp, inputs, tolerance=tolerance)
+            result.verification = verify_onnx(model, tmp, inputs, tol)
+            result.verify_batches = batches
             if not result.verification.passed:
-                v = result.verification
                 raise ExportError(
-                    f"the exported graph does not match PyTorch: max relative difference "
-                    f"{v.max_rel_diff:.3g} > tolerance {v.tolerance:.3g} (max abs {v.max_abs_diff:.3g}); "
+                    f"the exported graph does not match PyTorch: {'; '.join(result.verification.failures)}; "
                     f"{output} was not written. Try the other exporter or report this as a bug"
                 )
+        if provenance:
+            save_model(graph_model, tmp, provenance=provenance)
     return result
 
 
-def write_manifest(
-    path: str | os.PathLike[str],
-    result: ExportResult,
-    *,
-    model: nn.Module,
-    weights: str | os.PathLike[str] | None,
-    weights_sha256: str | None,
-) -> None:
-    """Write the side-car manifest (JSON) of an export, atomically."""
-    import onnxruntime
+def run(options: ExportOptions, model: nn.Module | None = None) -> ExportResult:
+    """The export stage: build the model (unless given), export, verify, write the side-car manifest.
 
-    manifest = {
-        "artifact": Path(result.path).name,
-        "kind": "onnx",
+    Prints one line per step. ``model`` is an already built module (the pipeline's, or a user's);
+    without it ``options.model`` names a registry model built with ``weights`` and ``overrides``.
+    """
+    if options.output is None:
+        raise ValueError("the export stage needs options.output")
+    output = check_onnx_output(options.output)
+    if model is None:
+        model = build_model(options)
+    record = manifests.make_manifest(
+        output,
+        kind="onnx",
+        stage="export",
+        model=model_record(model, options.weights),
+        options=options,
+        graph="plain",
+        opset=options.opset,
+        exporter=options.exporter,
+    )
+    with stage(f"export onnx ({options.exporter})") as st:
+        result = export_onnx(
+            model,
+            output,
+            img_size=options.img_size,
+            opset=options.opset,
+            static_batch=options.static_batch,
+            exporter=options.exporter,
+            verify=options.verify,
+            verify_batches=options.verify_batches,
+            tolerance=options.tolerance,
+            seed=options.seed,
+            provenance=manifests.provenance(record),
+        )
+        st.output = output
+        st.details.append(f"input {result.input_shape} opset {result.opset}")
+    if result.verification:
+        v = result.verification
+        log(
+            f"verify onnxruntime vs pytorch  batches {result.verify_batches}  "
+            f"max abs diff {v.max_abs_diff:.3e}  max rel diff {v.max_rel_diff:.3e}  "
+            f"(tolerance {v.limits['max_rel']:.0e}): PASS"
+        )
+    record.update(
+        input={"name": INPUT_NAME, "shape": result.input_shape, "dtype": "float32"},
+        output={"name": OUTPUT_NAME, "shape": result.output_shape, "dtype": "float32"},
+        verification=result.verification_record(),
+    )
+    result.manifest = str(manifests.write_manifest(manifests.manifest_path(output), record))
+    log(f"manifest -> {result.manifest}")
+    return result
+
+
+def build_model(options: ExportOptions) -> nn.Module:
+    """The registry model ``options.model`` with its weights and overrides; one log line.
+
+    Raises:
+        EdgeBiformerError: no model name, an unknown name or argument, a checkpoint that does not
+            fit, or an input size the model cannot run at.
+    """
+    from edge_biformer.models import create_model
+
+    if not options.model:
+        raise EdgeBiformerError("the export needs a model name (--model) or a module")
+    with stage(f"build {options.model}") as st:
+        model = create_model(options.model, weights=options.weights, **options.overrides)
+        check_input_size(model, *image_hw(options.img_size))
+        st.details.append(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+        st.details.append(
+            f"weights {options.weights}" if options.weights else "random weights (no --weights)"
+        )
+    return model
+
+
+def model_record(model: nn.Module, weights: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The manifest's model fields of a built model (its registry name, configuration, weights)."""
+    return {
         "model": getattr(model, "variant", None),
         "config": getattr(model, "config", None),
         "weights": str(Path(weights).resolve()) if weights else None,
-        "weights_sha256": weights_sha256,
-        "input": {"name": INPUT_NAME, "shape": result.input_shape, "dtype": "float32"},
-        "output": {"name": OUTPUT_NAME, "shape": result.output_shape, "dtype": "float32"},
-        "opset": result.opset,
-        "exporter": result.exporter,
-        "verification": asdict(result.verification) if result.verification else None,
-        "versions": {
-            "edge_biformer": __version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "weights_sha256": sha256_file(weights) if weights else None,
     }
-    with atomic_output(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")

@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.ops.bra import CONTRACT
 
 #: File name of the plugin library.
 LIBRARY_NAME = "libedge_biformer_plugins.so"
 #: Environment variable that points at a built library (takes precedence over every other place).
 ENV_VAR = "EDGE_BIFORMER_PLUGIN_LIB"
-#: Identity of the op in TensorRT's plugin registry (plugins/bra/BiLevelRoutingAttention.json).
-PLUGIN_NAME = "BiLevelRoutingAttention"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "edge_biformer"
+#: Identity of the op in TensorRT's plugin registry, from its contract.
+PLUGIN_NAME = CONTRACT.name
+PLUGIN_VERSION = CONTRACT.version
+PLUGIN_NAMESPACE = CONTRACT.namespace
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _BUILD_SCRIPT = _REPO_ROOT / "scripts" / "build_plugins.sh"

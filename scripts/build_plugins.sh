@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Build libedge_biformer_plugins.so, the BiLevelRoutingAttention TensorRT plugin library.
-# See plugins/bra/README.md (Building) for Jetson, x86-64 and cross-architecture builds.
+# See plugins/bra/README.md (Building) for Jetson, x86-64 and cross-architecture builds, and its
+# Structure section for the files: CMake configures plugins/ (plugins/CMakeLists.txt, the tests in
+# plugins/tests/CMakeLists.txt), generates the plugin's identity/field header from the op contract
+# edge_biformer/ops/bra/BiLevelRoutingAttention.json (plugins/cmake/op_contract_header.cmake) and
+# the kernel tables with the AOT step (plugins/bra/kernels.cmake), unless --kernels-dir names them.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -83,7 +87,7 @@ if [[ -z "${found_header}" ]]; then
         "the libnvinfer-dev package. TensorRT 10.0 or newer is required."
 fi
 
-command -v cmake >/dev/null 2>&1 || die "cmake (3.18 or newer) is not installed: apt-get install cmake, or pip install cmake."
+command -v cmake >/dev/null 2>&1 || die "cmake (3.19 or newer) is not installed: apt-get install cmake, or pip install cmake."
 
 # Build for the GPU of this machine when none is given (what someone building on the target wants).
 if [[ -z "${cuda_architectures}" ]] && command -v nvidia-smi >/dev/null 2>&1; then

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_biformer.cli.build_cmd import add_check_data_arguments, load_check_data
+from edge_biformer.cli.args import CheckDataArgs, add_groups
 from edge_biformer.utils import log
+
+GROUPS = (CheckDataArgs(),)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument("outdir", metavar="OUTDIR", help="output directory of `edge-biformer build`")
-    add_check_data_arguments(parser)
+    add_groups(parser, GROUPS)
     parser.add_argument(
         "--recompute", action="store_true", help="recompute the PyTorch reference instead of reusing it"
     )
@@ -32,20 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run ``check``."""
-    from edge_biformer.build import check_build, read_build_manifest, write_build_manifest
-    from edge_biformer.engine import BatchProfile
+    from edge_biformer import check
 
     outdir = Path(args.outdir)
-    manifest = read_build_manifest(outdir)
-    profile = BatchProfile(**{k: manifest["profile"][k] for k in ("min", "opt", "max")})
-    data = load_check_data(args, tuple(manifest["img_size"]), profile.opt)
-    report = check_build(outdir, manifest, data=data, check_num=args.check_num, recompute=args.recompute)
-    manifest["check"] = {
-        "passed": report.passed,
-        "report": "report.md",
-        "comparisons": {c.name: c.status for c in report.comparisons},
-    }
-    write_build_manifest(outdir, manifest)
+    report = check.run(CheckDataArgs.options(args, outdir, recompute=args.recompute))
     if not report.passed:
         log(f"accuracy check FAILED: see {outdir / 'report.md'}")
         return 1

@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from edge_biformer import manifest
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    manifest.set_command_line(list(argv) if argv is not None else sys.argv[1:])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

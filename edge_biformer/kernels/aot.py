@@ -6,36 +6,40 @@ source :mod:`edge_biformer.kernels.bra_triton` with ``triton.compile`` for each 
 (no GPU needed) and writes into ``DIR``:
 
 - ``cubin/sm_<arch>/<variant>.cubin`` and ``ptx/sm_<arch>/<variant>.ptx``: the raw images;
-- ``bra_images.h``, ``bra_launch.c``, ``bra_images_sm<arch>.c`` (cubins of one arch) and
-  ``bra_images_ptx<arch>.c`` (PTX kept for JIT on newer GPUs): C sources implementing
-  ``plugins/bra/bra_launch.h`` with the CUDA driver API only, the images embedded as byte arrays;
-- ``manifest.json``: Triton and ptxas versions, archs, the kernel signature, variants and the
-  SHA-256 of every image.
+- the tables of the hand-written launcher ``plugins/bra/kernels/bra_launch.c`` (which implements
+  ``plugins/bra/bra_launch.h`` with the CUDA driver API only), written by :mod:`.cgen`:
+  ``bra_kernels.h`` (table sizes, kernel name), ``bra_kernels.c`` (variant table, image-set list,
+  tile policy), ``bra_images_sm<arch>.c`` (cubins of one arch) and ``bra_images_ptx<arch>.c`` (PTX
+  kept for JIT on newer GPUs), the images embedded as byte arrays;
+- ``manifest.json``: Triton and ptxas versions, archs, the kernel signature, variants, the generated
+  (``sources``) and static (``static_sources``) C sources and the SHA-256 of every image.
 
-The output depends only on the kernel sources, the Triton version (with its bundled ptxas) and the
-options: no timestamps, no paths, sorted order, line info disabled. Compile the generated ``.c``
-files with ``-I plugins/bra -I DIR -I $CUDA/include`` and link ``libcuda``.
+The output depends only on the kernel, policy and launcher sources, the Triton version (with its
+bundled ptxas) and the options: no timestamps, no paths, sorted order, line info disabled. It needs
+the repository checkout (the launcher lives in ``plugins/``). Compile the generated ``.c`` files
+with the static ones, ``-I plugins/bra -I plugins/bra/kernels -I DIR -I $CUDA/include``, and link
+``libcuda``.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.kernels import cgen
+from edge_biformer.kernels.compile import compile_all, elf_function_symbols
 from edge_biformer.kernels.config import DTYPES, HEAD_DIM_BUCKETS, Variant, all_variants
+from edge_biformer.kernels.image import AotError, Image
 from edge_biformer.utils import atomic_output, log, stage
 
 #: The Triton release the checked-in expectations (and the plugin's release builds) use.
@@ -44,213 +48,31 @@ PINNED_TRITON = "3.9.0"
 MIN_TRITON = (3, 3)
 #: Default target architectures: Turing to Blackwell, Jetson Orin (87) and Thor (110) included.
 DEFAULT_ARCHS: tuple[int, ...] = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
-#: Environment of the compiler processes: no line info (smaller images, no source paths inside),
-#: explicit FP fusion (Triton 3.9 warns when it is left to its default).
-COMPILE_ENV = {"TRITON_DISABLE_LINE_INFO": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
 
 
-#: Sources whose bytes determine the generated output (recorded in the manifest).
-_SOURCES = ("bra_triton.py", "config.py", "aot.py", "_cgen.py")
+_KERNELS_DIR = Path(__file__).resolve().parent
+_REPO_ROOT = _KERNELS_DIR.parents[1]
+#: The hand-written launcher compiled with the generated tables (paths relative to the repository).
+STATIC_SOURCES: tuple[str, ...] = ("plugins/bra/kernels/bra_launch.c",)
+#: Sources whose bytes determine the generated output or what it is compiled with (recorded in the
+#: manifest): the kernel, the tile policy and the generator (beside this file), and the static
+#: launcher and headers the tables are laid out for (relative to the repository).
+_SOURCES = ("bra_triton.py", "config.py", "aot.py", "compile.py", "cgen.py", "image.py")
+_STATIC_FILES = (*STATIC_SOURCES, "plugins/bra/kernels/bra_kernel_tables.h", "plugins/bra/bra_launch.h")
 
 
 def sources_sha256() -> dict[str, str]:
-    """SHA-256 of the kernel, policy and generator sources."""
-    here = Path(__file__).parent
-    return {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _SOURCES}
-
-
-class AotError(EdgeBiformerError):
-    """The ahead-of-time compilation could not produce its outputs."""
-
-
-@dataclass(frozen=True)
-class Image:
-    """One compiled variant for one architecture."""
-
-    variant: str
-    arch: int
-    target: str  # PTX target, e.g. "sm_87" or "sm_90a"
-    ptx_version: str  # e.g. "8.8"
-    shared: int  # dynamic shared memory in bytes (launch argument)
-    num_warps: int
-    n_hidden: int  # pointer arguments Triton appends (global / profile scratch)
-    cubin: bytes
-    ptx: str
-
-    @property
-    def arch_specific(self) -> bool:
-        """Whether the target is arch-specific (``sm_90a``): loadable only on exactly that GPU."""
-        return self.target.endswith("a")
-
-
-# --------------------------------------------------------------------------------------------------
-# Compilation (runs in worker processes)
-# --------------------------------------------------------------------------------------------------
-
-
-def _signature(variant: Variant) -> tuple[dict[str, str], dict[tuple[int, ...], list[list[object]]]]:
-    from edge_biformer.kernels.bra_triton import ALIGNED_PARAMS, RUNTIME_PARAMS
-
-    elem = "*fp16" if variant.dtype == "fp16" else "*fp32"
-    sig: dict[str, str] = {}
-    attrs: dict[tuple[int, ...], list[list[object]]] = {}
-    for i, (name, ty) in enumerate(RUNTIME_PARAMS):
-        sig[name] = elem if ty == "ptr" else ty
-        if variant.aligned and name in ALIGNED_PARAMS:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    for name in variant.constexprs:
-        sig[name] = "constexpr"
-    return sig, attrs
-
-
-_PARAM_RE = re.compile(r"\.param\s+\.(\w+)\b[^,]*")
-
-
-def ptx_entry_params(ptx: str, kernel: str) -> list[str]:
-    """PTX types of the parameters of ``.entry kernel(...)`` (e.g. ``["u64", "u32", "f32"]``)."""
-    m = re.search(r"\.entry\s+" + re.escape(kernel) + r"\s*\((.*?)\)", ptx, re.S)
-    if not m:
-        raise AotError(f"the PTX has no entry point named {kernel}")
-    return _PARAM_RE.findall(m.group(1))
-
-
-def expected_ptx_params() -> list[str]:
-    """PTX parameter types of the kernel's run-time arguments (without Triton's hidden ones)."""
-    from edge_biformer.kernels.bra_triton import RUNTIME_PARAMS
-
-    kinds = {"ptr": "u64", "*i32": "u64", "i32": "u32", "fp32": "f32"}
-    return [kinds[ty] for _, ty in RUNTIME_PARAMS]
-
-
-def compile_variant(variant: Variant, arch: int) -> Image:
-    """Compile one variant for ``sm_<arch>`` with the running Triton (no GPU needed)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
-
-    from edge_biformer.kernels import bra_triton
-
-    # Always the compiled form, even if TRITON_INTERPRET is set in the environment.
-    fn = JITFunction(bra_triton.bra_fwd_kernel)
-    sig, attrs = _signature(variant)
-    src = ASTSource(fn=fn, signature=sig, constexprs=variant.constexprs, attrs=attrs)
-    target = GPUTarget("cuda", arch, 32)
-    backend = triton.compiler.make_backend(target)
-    options = backend.parse_options(
-        {"num_warps": variant.num_warps, "num_stages": variant.num_stages, "enable_fp_fusion": True}
-    )
-    compiled = triton.compile(src, target=target, options=options.__dict__)
-    md = compiled.metadata
-    if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
+    """SHA-256 of the kernel, policy and generator sources and of the static launcher files."""
+    missing = [rel for rel in _STATIC_FILES if not (_REPO_ROOT / rel).is_file()]
+    if missing:
         raise AotError(
-            f"variant {variant.name} for sm_{arch} needs Triton scratch memory, which the "
-            f"workspace-free plugin cannot provide"
+            f"{_REPO_ROOT / missing[0]} not found: the AOT step writes the tables of the launcher in "
+            f"plugins/bra/kernels and needs the repository checkout, not an installed package"
         )
-    if getattr(md, "num_ctas", 1) != 1 or getattr(md, "launch_cooperative_grid", False):
-        raise AotError(f"variant {variant.name} for sm_{arch} needs clusters or cooperative launch")
-    if getattr(md, "launch_pdl", False):
-        raise AotError(f"variant {variant.name} for sm_{arch} needs programmatic dependent launch")
-    if int(md.num_warps) != variant.num_warps:
-        raise AotError(
-            f"variant {variant.name} compiled with {md.num_warps} warps, expected {variant.num_warps}"
-        )
-    if md.name != bra_triton.KERNEL_NAME:
-        raise AotError(f"compiled kernel is named {md.name}, expected {bra_triton.KERNEL_NAME}")
-    ptx: str = compiled.asm["ptx"]
-    cubin: bytes = compiled.asm["cubin"]
-    params = ptx_entry_params(ptx, md.name)
-    expected = expected_ptx_params()
-    n_hidden = len(params) - len(expected)
-    hidden = params[len(expected) :]
-    if params[: len(expected)] != expected or n_hidden < 0 or any(t != "u64" for t in hidden):
-        raise AotError(
-            f"unexpected kernel parameters {params} for sm_{arch}; expected {expected} followed by "
-            f"Triton's hidden pointer arguments"
-        )
-    target_m = re.search(r"^\.target\s+(\w+)", ptx, re.M)
-    version_m = re.search(r"^\.version\s+([\d.]+)", ptx, re.M)
-    if not target_m or not version_m:
-        raise AotError(f"cannot read the .target/.version of the PTX for sm_{arch}")
-    if ".loc" in ptx or ".file" in ptx:
-        raise AotError("the PTX carries line info; TRITON_DISABLE_LINE_INFO=1 did not take effect")
-    return Image(
-        variant=variant.name,
-        arch=arch,
-        target=target_m.group(1),
-        ptx_version=version_m.group(1),
-        shared=int(md.shared),
-        num_warps=int(md.num_warps),
-        n_hidden=n_hidden,
-        cubin=bytes(cubin),
-        ptx=ptx,
-    )
-
-
-def _worker_init(cache_dir: str) -> None:
-    os.environ.update(COMPILE_ENV)
-    os.environ["TRITON_CACHE_DIR"] = cache_dir
-    os.environ.pop("TRITON_INTERPRET", None)
-
-
-def _compile_task(args: tuple[Variant, int]) -> Image:
-    return compile_variant(*args)
-
-
-def ptxas_version(arch: int) -> str:
-    """Version (``"12.9.86"``) of the ptxas Triton uses for ``sm_<arch>``."""
-    from triton.backends.nvidia.compiler import get_ptxas_version
-
-    text = get_ptxas_version(arch)
-    m = re.search(r"V(\d+\.\d+\.\d+)", text)
-    return m.group(1) if m else text.strip().splitlines()[-1]
-
-
-def _ptxas_versions(archs: Sequence[int], cache_dir: str) -> dict[str, str]:
-    _worker_init(cache_dir)
-    return {str(a): ptxas_version(a) for a in archs}
-
-
-def compile_all(
-    variants: Sequence[Variant], archs: Sequence[int], jobs: int, cache_dir: str
-) -> tuple[list[Image], dict[str, str]]:
-    """Compile every (variant, arch) pair in ``jobs`` fresh processes; results in sorted order."""
-    tasks = [(v, a) for a in sorted(archs) for v in variants]
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch threads
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=max(1, jobs), mp_context=ctx, initializer=_worker_init, initargs=(cache_dir,)
-    ) as pool:
-        versions_f = pool.submit(_ptxas_versions, list(archs), cache_dir)
-        images = list(pool.map(_compile_task, tasks))
-        versions = versions_f.result()
-    return images, versions
-
-
-# --------------------------------------------------------------------------------------------------
-# Checks on the images
-# --------------------------------------------------------------------------------------------------
-
-
-def elf_function_symbols(image: bytes) -> list[str]:
-    """Names of the FUNC symbols in a 64-bit little-endian ELF (a cubin)."""
-    if image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
-        raise AotError("not a 64-bit little-endian ELF image")
-    e_shoff = struct.unpack_from("<Q", image, 0x28)[0]
-    e_shentsize, e_shnum = struct.unpack_from("<HH", image, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", image, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-    names: list[str] = []
-    for sh in sections:
-        if sh[1] != 2:  # SHT_SYMTAB
-            continue
-        strtab = sections[sh[6]]
-        str_off = strtab[4]
-        off, size, entsize = sh[4], sh[5], sh[9] or 24
-        for j in range(size // entsize):
-            st_name, st_info = struct.unpack_from("<IB", image, off + j * entsize)
-            if st_info & 0xF == 2:  # STT_FUNC
-                end = image.index(b"\0", str_off + st_name)
-                names.append(image[str_off + st_name : end].decode())
-    return names
+    digests = {name: hashlib.sha256((_KERNELS_DIR / name).read_bytes()).hexdigest() for name in _SOURCES}
+    for rel in _STATIC_FILES:
+        digests[rel] = hashlib.sha256((_REPO_ROOT / rel).read_bytes()).hexdigest()
+    return digests
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,11 +111,11 @@ def default_ptx_archs(archs: Sequence[int], targets: dict[int, str]) -> list[int
 
 
 def generated_sources(archs: Sequence[int], ptx_archs: Sequence[int]) -> list[str]:
-    """File names of the generated C sources, in a stable order (what CMake compiles)."""
+    """File names of the generated C sources, in a stable order (compiled with :data:`STATIC_SOURCES`)."""
     return (
-        ["bra_launch.c"]
-        + [f"bra_images_sm{a}.c" for a in sorted(archs)]
-        + [f"bra_images_ptx{a}.c" for a in sorted(ptx_archs)]
+        [cgen.TABLES_SOURCE]
+        + [cgen.images_source_name(a, False) for a in sorted(archs)]
+        + [cgen.images_source_name(a, True) for a in sorted(ptx_archs)]
     )
 
 
@@ -339,6 +161,7 @@ def run_aot(
             raise AotError(msg)
         log(f"warning: {msg}")
     resolve_ptx_archs(archs, ptx_archs, triton_targets(archs))  # fail before compiling
+    sources_sha256()  # the launcher sources must be there too
     variants = all_variants(tuple(dtypes), tuple(head_dims))
     jobs = jobs or min(os.cpu_count() or 1, 8)
     tmp_cache = None
@@ -397,8 +220,6 @@ def _write_outputs(
     """Write the images, the generated C and ``manifest.json`` into ``out``; return the manifest."""
     import triton
 
-    from edge_biformer.kernels import _cgen
-
     files: list[dict[str, object]] = []
     for img in images:
         for kind, data in (("cubin", img.cubin), ("ptx", img.ptx.encode())):
@@ -415,7 +236,7 @@ def _write_outputs(
                     "embedded": kind == "cubin" or img.arch in ptx_list,
                 }
             )
-    sources = _cgen.generate(
+    sources = cgen.generate(
         variants=variants,
         images=images,
         archs=archs,
@@ -468,16 +289,22 @@ def _manifest(
             for img in images
         ],
         "files": files,
+        "tables_format": cgen.TABLES_FORMAT,
         "sources": generated_sources(archs, ptx_archs),
-        "header": "bra_images.h",
+        "static_sources": list(STATIC_SOURCES),
+        "header": cgen.HEADER,
     }
 
 
+#: What this tool writes into ``--out`` besides ``cubin/`` and ``ptx/``; ``bra_launch.c`` and
+#: ``bra_images.h`` are the launcher and header that older versions generated.
 _GENERATED_PATTERNS = (
-    "bra_launch.c",
-    "bra_images.h",
+    cgen.TABLES_SOURCE,
+    cgen.HEADER,
     "bra_images_sm*.c",
     "bra_images_ptx*.c",
+    "bra_launch.c",
+    "bra_images.h",
     "manifest.json",
 )
 
@@ -503,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line parser of ``python -m edge_biformer.kernels.aot``."""
     p = argparse.ArgumentParser(
         prog="python -m edge_biformer.kernels.aot",
-        description="Compile the routed-attention kernel ahead of time (cubin + PTX + C launcher).",
+        description="Compile the routed-attention kernel ahead of time (cubin + PTX + C launcher tables).",
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument(
@@ -536,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--list-sources",
         action="store_true",
-        help="print the C sources this command would generate (one per line) and exit; compiles nothing",
+        help="print the C sources this command would generate (one per line; the static launcher "
+        "plugins/bra/kernels/bra_launch.c is compiled with them) and exit; compiles nothing",
     )
     p.add_argument(
         "--strict-triton-version",

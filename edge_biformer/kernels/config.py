@@ -3,7 +3,7 @@
 One table decides which compiled variant of :func:`edge_biformer.kernels.bra_triton.bra_fwd_kernel`
 serves a call. The JIT path (CUDA tensors), the interpreter path (CPU tensors), the ahead-of-time
 compiler and the generated C launcher (``eb_bra_launch``) all use it, so a shape gets the same tiles
-everywhere; ``tests/test_aot.py`` checks that the generated C picks the same variant as
+everywhere; ``tests/kernels/test_aot_launcher.py`` checks that the generated C picks the same variant as
 :func:`select_variant` for a grid of shapes.
 
 A call is classified by

@@ -1,9 +1,9 @@
 """Launch arithmetic of the routed-attention kernel, shared by the Python entry point and the tests.
 
 :func:`plan_launch` turns shapes, strides and pointers into the kernel's grid, run-time arguments
-and variant. It is pure integer arithmetic (no torch, no triton), and the generated C launcher
-(``eb_bra_launch``) computes the same numbers; ``tests/test_aot.py`` compares the two through a mock
-CUDA driver.
+and variant. It is pure integer arithmetic (no torch, no triton), and the C launcher
+(``eb_bra_launch``) computes the same numbers; ``tests/kernels/test_aot_launcher.py`` compares the
+two through a mock CUDA driver.
 """
 
 from __future__ import annotations

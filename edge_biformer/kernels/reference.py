@@ -42,12 +42,12 @@ def routed_attention_reference(
 ) -> torch.Tensor:
     """The op evaluated in ``compute_dtype`` (returned in that dtype, on q's device).
 
-    The package's one reference of the contract (:func:`edge_biformer.ops.routed_attention_reference`)
+    The package's one reference of the contract (:func:`edge_biformer.ops.bra.routed_attention_reference`)
     on inputs converted to ``compute_dtype`` (float64 by default, the yardstick for the kernel's
     float32 and float16 results). ``S`` is read from ``r_idx.shape[1]``. Repeated indices are
     gathered (and so attended) as often as they appear.
     """
-    from edge_biformer.ops.bra_reference import routed_attention_reference as reference
+    from edge_biformer.ops.bra.reference import routed_attention_reference as reference
 
     return reference(
         q.to(compute_dtype),

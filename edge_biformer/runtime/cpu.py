@@ -1,27 +1,29 @@
-"""Run rewritten graphs (with ``BiLevelRoutingAttention`` plugin nodes) in onnxruntime on the CPU.
+"""Run graphs that hold the package's custom ops (the TensorRT plugin nodes) in onnxruntime on the CPU.
 
-Mechanism: an onnxruntime-extensions Python custom op. onnxruntime-extensions registers its
-Python ops in its own domain ``ai.onnx.contrib`` (fixed by the library) and its Python op API has
+Mechanism: an onnxruntime-extensions Python custom op per op of :data:`edge_biformer.ops.OPS`,
+declared from its contract (inputs, outputs, attribute types). onnxruntime-extensions registers
+its Python ops in its own domain ``ai.onnx.contrib`` (fixed by the library) and its Python op API has
 no float16, so :func:`cpu_session` prepares an in-memory copy of the model for the session:
 
-* each plugin node keeps its op type, inputs, output and attributes; only its domain is changed
-  from ``trt.plugins`` to ``ai.onnx.contrib``;
-* for a float16 node, ``Cast`` nodes convert ``q``, ``k``, ``v`` to float32 and the output back to
-  float16. This is exactly the op's precision contract (float32 math, output rounded to float16)
-  because float16 values are exact in float32.
+* each custom node keeps its op type, inputs, outputs and attributes; only its domain is changed
+  (``trt.plugins`` -> ``ai.onnx.contrib``);
+* for a float16 node, ``Cast`` nodes convert its float inputs to float32 and its float outputs back
+  to float16. For ``BiLevelRoutingAttention`` this is exactly the op's precision contract (float32
+  math, output rounded to float16) because float16 values are exact in float32.
 
-The op itself is :func:`edge_biformer.ops.routed_attention_reference`. The file on disk is never
-changed, and graphs without plugin nodes are passed to onnxruntime unchanged.
+The file on disk is never changed, and graphs without custom nodes are passed to onnxruntime
+unchanged.
 
-onnxruntime-extensions aborts the whole process if a Python op raises. The op therefore never
-raises: it records the error, returns NaNs, and :meth:`CpuSession.run` raises the recorded error
-(:class:`BraOpError`) instead of returning outputs.
+onnxruntime-extensions aborts the whole process if a Python op raises. The op bodies therefore
+never raise: they record the error, return NaNs, and :meth:`CpuSession.run` raises the recorded
+error (:class:`BraOpError`) instead of returning outputs.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.surgery.contract import (
-    OP_DOMAIN,
-    OP_TYPE,
-    PLUGIN_NAMESPACE,
-    PLUGIN_VERSION,
-)
+from edge_biformer.ops import OPS, Op, find_op
 
 __all__ = [
     "CUSTOM_DOMAIN",
@@ -59,107 +56,86 @@ _ERRORS: list[str] = []
 
 
 class BraOpError(RuntimeError):
-    """A BiLevelRoutingAttention node failed inside onnxruntime (inputs that break the op contract)."""
+    """A custom node failed inside onnxruntime (inputs that break the op contract)."""
 
 
-def _register_python_op() -> str:
-    """Register the Python implementation with onnxruntime-extensions (once); return its library path."""
+def _ort_ext_type(dt: Any, element_type: str) -> Any:
+    return {"float32": dt.dt_float, "float16": dt.dt_float, "int32": dt.dt_int32}[element_type]
+
+
+def _body(op: Op) -> Any:
+    """The Python op body of ``op``: never raises (see the module docstring)."""
+
+    def body(*inputs: np.ndarray, **attrs: Any) -> Any:
+        try:
+            outputs = op.cpu_kernel(*inputs, **attrs)
+        except BaseException as err:  # raising here would abort the process
+            with _ERRORS_LOCK:
+                _ERRORS.append(f"{op.contract.op_type}: {err}")
+            try:
+                shapes = op.cpu_output_shapes(*inputs)
+            except Exception:
+                shapes = [(1,)] * len(op.contract.outputs)
+            outputs = [np.full(s, np.nan, dtype=np.float32) for s in shapes]
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return outputs
+
+    body.__name__ = f"{op.contract.op_type}_cpu"
+    return body
+
+
+def _register_python_ops() -> str:
+    """Register every op of :data:`OPS` with onnxruntime-extensions (once); return its library path."""
     global _REGISTERED
     try:
         from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise EdgeBiformerError(
-            "running BiLevelRoutingAttention nodes on the CPU needs onnxruntime-extensions: "
+            "running the plugin ops on the CPU needs onnxruntime-extensions: "
             "pip install 'onnxruntime-extensions>=0.12,<0.16'"
         ) from err
     with _REGISTER_LOCK:
         if not _REGISTERED:
             dt = PyCustomOpDef
-            onnx_op(
-                op_type=OP_TYPE,
-                inputs=[dt.dt_float, dt.dt_float, dt.dt_float, dt.dt_int32],
-                outputs=[dt.dt_float],
-                attrs={
-                    "plugin_version": dt.dt_string,
-                    "plugin_namespace": dt.dt_string,
-                    "n_win": dt.dt_int64,
-                    "num_heads": dt.dt_int64,
-                    "topk": dt.dt_int64,
-                    "scale": dt.dt_float,
-                },
-            )(_run_bra)
+            attr_types = {"string": dt.dt_string, "int": dt.dt_int64, "float": dt.dt_float}
+            for op in OPS:
+                c = op.contract
+                onnx_op(
+                    op_type=c.op_type,
+                    inputs=[_ort_ext_type(dt, c.element_types(t)[0]) for t in c.inputs],
+                    outputs=[_ort_ext_type(dt, c.element_types(t)[0]) for t in c.outputs],
+                    attrs={a.name: attr_types[a.type] for a in c.attributes},
+                )(_body(op))
             _REGISTERED = True
     return get_library_path()
 
 
-def _run_bra(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    r_idx: np.ndarray,
-    *,
-    plugin_version: str,
-    plugin_namespace: str,
-    n_win: int,
-    num_heads: int,
-    topk: int,
-    scale: float,
-) -> np.ndarray:
-    """The body of the custom op: check the attributes against the inputs, run the reference.
-
-    Never raises (see the module docstring): an error is recorded for :meth:`CpuSession.run`.
-    """
-    try:
-        import torch
-
-        from edge_biformer.ops.bra_reference import routed_attention_reference
-
-        if r_idx.ndim != 3 or r_idx.shape[1] != n_win * n_win or r_idx.shape[2] != topk:
-            raise ValueError(
-                f"r_idx has shape {tuple(r_idx.shape)}, the attributes say "
-                f"[N, n_win*n_win={n_win * n_win}, topk={topk}]"
-            )
-        with torch.inference_mode():
-            out = routed_attention_reference(
-                torch.from_numpy(np.ascontiguousarray(q)),
-                torch.from_numpy(np.ascontiguousarray(k)),
-                torch.from_numpy(np.ascontiguousarray(v)),
-                torch.from_numpy(np.ascontiguousarray(r_idx)),
-                num_heads=int(num_heads),
-                scale=float(scale),
-            )
-        return out.numpy()
-    except BaseException as err:  # raising here would abort the process
-        with _ERRORS_LOCK:
-            _ERRORS.append(f"{OP_TYPE}: {err}")
-        shape = (*q.shape[:3], v.shape[-1]) if q.ndim == 4 and v.ndim >= 1 else (1,)
-        return np.full(shape, np.nan, dtype=np.float32)
-
-
 class CpuSession(ort.InferenceSession):
-    """An ``onnxruntime.InferenceSession`` whose :meth:`run` re-raises errors of the plugin op."""
+    """An ``onnxruntime.InferenceSession`` whose :meth:`run` re-raises errors of the custom ops."""
 
     def run(self, output_names, input_feed, run_options=None):  # type: ignore[override]
-        """As :meth:`onnxruntime.InferenceSession.run`; raises :class:`BraOpError` if a plugin node failed."""
-        # One run at a time: the op records its errors in one process-wide list (the Python op
+        """As :meth:`onnxruntime.InferenceSession.run`; raises :class:`BraOpError` if a custom node failed."""
+        # One run at a time: the ops record their errors in one process-wide list (a Python op
         # holds the GIL anyway, so this costs no parallelism).
         with _RUN_LOCK:
             with _ERRORS_LOCK:
                 _ERRORS.clear()
-            outputs = super().run(output_names, input_feed, run_options)
+            failure: Exception | None = None
+            try:
+                outputs = super().run(output_names, input_feed, run_options)
+            except Exception as err:  # a NaN stand-in output can upset a later node
+                failure = err
             with _ERRORS_LOCK:
                 errors = list(dict.fromkeys(_ERRORS))
                 _ERRORS.clear()
         if errors:
-            raise BraOpError("; ".join(errors))
+            raise BraOpError("; ".join(errors)) from failure
+        if failure is not None:
+            raise failure
         return outputs
 
 
-def _is_plugin(node: onnx.NodeProto) -> bool:
-    return node.op_type == OP_TYPE and node.domain == OP_DOMAIN
-
-
-def _iter_graphs(graph: onnx.GraphProto):
+def _iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph (If/Loop/Scan bodies), depth first."""
     yield graph
     for node in graph.node:
@@ -175,7 +151,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor whose type onnx can infer (names across all graphs)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is only used to find float16 plugin inputs
+    except Exception:  # inference is only used to find float16 custom-op inputs
         inferred = model
     types: dict[str, int] = {}
     for graph in _iter_graphs(inferred.graph):
@@ -187,42 +163,54 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _check_attributes(node: onnx.NodeProto, where: str) -> None:
+def _prepare_node(op: Op, node: onnx.NodeProto, types: dict[str, int], where: str) -> list[onnx.NodeProto]:
+    """The nodes that replace one custom node for the CPU session (casts around a float16 node)."""
+    c = op.contract
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    missing = [n for n in ("n_win", "num_heads", "topk", "scale") if n not in attrs]
-    if missing:
-        raise EdgeBiformerError(
-            f"{where}: {OP_TYPE} node {node.name!r} lacks the attribute(s) {', '.join(missing)}; "
-            "rewrite the original graph again with `edge-biformer rewrite`"
-        )
-    version = (
-        attrs.get("plugin_version", b"").decode() if isinstance(attrs.get("plugin_version"), bytes) else ""
+    c.check_node(attrs, len(node.input), len(node.output), where, node.name)
+    node.domain = CUSTOM_DOMAIN
+    float_inputs = [i for i, t in enumerate(c.inputs) if "float16" in c.element_types(t)]
+    first_type = (
+        types.get(node.input[float_inputs[0]], TensorProto.FLOAT) if float_inputs else TensorProto.FLOAT
     )
-    namespace = (
-        attrs.get("plugin_namespace", b"").decode()
-        if isinstance(attrs.get("plugin_namespace"), bytes)
-        else ""
-    )
-    if version != PLUGIN_VERSION or namespace != PLUGIN_NAMESPACE:
+    if first_type in (TensorProto.FLOAT, TensorProto.UNDEFINED):
+        return [node]
+    if first_type != TensorProto.FLOAT16:
         raise EdgeBiformerError(
-            f"{where}: {OP_TYPE} node {node.name!r} asks for plugin version {version!r} in namespace "
-            f"{namespace!r}; this edge-biformer implements version {PLUGIN_VERSION!r} in namespace "
-            f"{PLUGIN_NAMESPACE!r}. Rewrite the graph with this version of edge-biformer"
+            f"{where}: {c.op_type} node {node.name!r} takes {c.inputs[float_inputs[0]].name} of type "
+            f"{TensorProto.DataType.Name(first_type)}; the op is defined for float32 and float16"
         )
-    if len(node.input) != 4 or len(node.output) != 1:
-        raise EdgeBiformerError(
-            f"{where}: {OP_TYPE} node {node.name!r} has {len(node.input)} inputs and {len(node.output)} "
-            "outputs; the op takes q, k, v, r_idx and returns o"
+    base = node.name or node.output[0]
+    nodes: list[onnx.NodeProto] = []
+    for i in float_inputs:
+        cast_out = f"{base}/cpu_cast_in{i}"
+        nodes.append(
+            helper.make_node(
+                "Cast", [node.input[i]], [cast_out], name=f"{base}/CpuCastIn{i}", to=TensorProto.FLOAT
+            )
         )
+        node.input[i] = cast_out
+    nodes.append(node)
+    for i, t in enumerate(c.outputs):
+        if "float16" not in c.element_types(t):
+            continue
+        out_name = node.output[i]
+        node.output[i] = f"{base}/cpu_out{i}_float"
+        nodes.append(
+            helper.make_node(
+                "Cast", [node.output[i]], [out_name], name=f"{base}/CpuCastOut{i}", to=TensorProto.FLOAT16
+            )
+        )
+    return nodes
 
 
 def prepare_for_cpu(model: onnx.ModelProto, where: str = "model") -> tuple[onnx.ModelProto, int]:
-    """Return (a copy of ``model`` that onnxruntime can run with the Python op, plugin node count).
+    """Return (a copy of ``model`` that onnxruntime can run with the Python ops, custom node count).
 
     ``where`` names the model in error messages. The input model is not modified; a model
-    without plugin nodes is returned as is (count 0).
+    without custom nodes is returned as is (count 0).
     """
-    count = sum(1 for g in _iter_graphs(model.graph) for n in g.node if _is_plugin(n))
+    count = sum(1 for g in _iter_graphs(model.graph) for n in g.node if find_op(n) is not None)
     if count == 0:
         return model, 0
     prepared = onnx.ModelProto()
@@ -231,49 +219,11 @@ def prepare_for_cpu(model: onnx.ModelProto, where: str = "model") -> tuple[onnx.
     for graph in _iter_graphs(prepared.graph):
         new_nodes: list[onnx.NodeProto] = []
         for node in graph.node:
-            if not _is_plugin(node):
-                new_nodes.append(node)
-                continue
-            _check_attributes(node, where)
-            node.domain = CUSTOM_DOMAIN
-            q_type = types.get(node.input[0], TensorProto.FLOAT)
-            if q_type == TensorProto.FLOAT16:
-                base = node.name or node.output[0]
-                for i in range(3):
-                    cast_out = f"{base}/cpu_cast_in{i}"
-                    new_nodes.append(
-                        helper.make_node(
-                            "Cast",
-                            [node.input[i]],
-                            [cast_out],
-                            name=f"{base}/CpuCastIn{i}",
-                            to=TensorProto.FLOAT,
-                        )
-                    )
-                    node.input[i] = cast_out
-                out_name = node.output[0]
-                node.output[0] = f"{base}/cpu_out_float"
-                new_nodes.append(node)
-                new_nodes.append(
-                    helper.make_node(
-                        "Cast",
-                        [node.output[0]],
-                        [out_name],
-                        name=f"{base}/CpuCastOut",
-                        to=TensorProto.FLOAT16,
-                    )
-                )
-            elif q_type in (TensorProto.FLOAT, TensorProto.UNDEFINED):
-                new_nodes.append(node)
-            else:
-                raise EdgeBiformerError(
-                    f"{where}: {OP_TYPE} node {node.name!r} takes q of type "
-                    f"{TensorProto.DataType.Name(q_type)}; the op is defined for float32 and float16"
-                )
+            op = find_op(node)
+            new_nodes.extend([node] if op is None else _prepare_node(op, node, types, where))
         del graph.node[:]
         graph.node.extend(new_nodes)
-    domains = {o.domain for o in prepared.opset_import}
-    if CUSTOM_DOMAIN not in domains:
+    if CUSTOM_DOMAIN not in {o.domain for o in prepared.opset_import}:
         prepared.opset_import.append(helper.make_opsetid(CUSTOM_DOMAIN, 1))
     return prepared, count
 
@@ -309,7 +259,7 @@ def session_options(model: onnx.ModelProto) -> ort.SessionOptions:
 
 
 def cpu_session(onnx_path: str | os.PathLike[str] | onnx.ModelProto, **kwargs: Any) -> ort.InferenceSession:
-    """An ``onnxruntime.InferenceSession`` (CPU) that also runs ``BiLevelRoutingAttention`` nodes.
+    """An ``onnxruntime.InferenceSession`` (CPU) that also runs the package's custom (plugin) nodes.
 
     Args:
         onnx_path: path of an ONNX file (or a loaded ``onnx.ModelProto``), with or without plugin nodes.
@@ -328,23 +278,15 @@ def cpu_session(onnx_path: str | os.PathLike[str] | onnx.ModelProto, **kwargs: A
     if isinstance(onnx_path, onnx.ModelProto):
         model, where = onnx_path, "the given model"
     else:
-        path = Path(onnx_path)
-        where = str(path)
-        if not path.is_file():
-            raise EdgeBiformerError(f"{path}: no such ONNX file")
-        try:
-            model = onnx.load(str(path))
-        except Exception as err:
-            raise EdgeBiformerError(
-                f"{path} is not a readable ONNX model ({type(err).__name__}: {err}); "
-                "export it again (edge-biformer export) or check that the file was copied completely"
-            ) from err
+        from edge_biformer.onnx_io import load_model
+
+        model, where = load_model(onnx_path, check=False), str(onnx_path)
     prepared, count = prepare_for_cpu(model, where)
     options = kwargs.pop("sess_options", None) or session_options(model)
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
     if count:
-        options.register_custom_ops_library(_register_python_op())
+        options.register_custom_ops_library(_register_python_ops())
         return CpuSession(prepared.SerializeToString(), options, **kwargs)
     if isinstance(onnx_path, onnx.ModelProto):
         return ort.InferenceSession(model.SerializeToString(), options, **kwargs)
-    return ort.InferenceSession(str(onnx_path), options, **kwargs)
+    return ort.InferenceSession(str(Path(onnx_path)), options, **kwargs)

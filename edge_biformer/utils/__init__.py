@@ -4,7 +4,6 @@ from edge_biformer.utils.fileio import (
     atomic_output,
     check_onnx_output,
     file_size_str,
-    manifest_path,
     sha256_file,
 )
 from edge_biformer.utils.log import log, stage
@@ -14,7 +13,6 @@ __all__ = [
     "check_onnx_output",
     "file_size_str",
     "log",
-    "manifest_path",
     "sha256_file",
     "stage",
 ]

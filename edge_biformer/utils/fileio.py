@@ -53,12 +53,6 @@ def check_onnx_output(output: str | os.PathLike[str], source: str | os.PathLike[
     return output
 
 
-def manifest_path(artifact: str | os.PathLike[str]) -> Path:
-    """The side-car manifest of an artifact: ``model.onnx`` -> ``model.manifest.json`` (beside it)."""
-    p = Path(artifact)
-    return p.with_name(p.stem + ".manifest.json")
-
-
 def file_size_str(path: str | os.PathLike[str]) -> str:
     """Human-readable size of a file (``"12.3 MB"``), or ``"missing"``."""
     try:

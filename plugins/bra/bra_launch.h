@@ -1,8 +1,9 @@
 /*
  * C launch interface of the ahead-of-time compiled routed-attention kernels.
  *
- * The implementation (bra_launch.c and the embedded cubin/PTX images) is generated from the Triton
- * kernel source by the AOT step; the TensorRT plugin links it and calls only these functions.
+ * The implementation is the hand-written launcher kernels/bra_launch.c with the tables and embedded
+ * cubin/PTX images that the AOT step generates from the Triton kernel source (see
+ * kernels/bra_kernel_tables.h); the TensorRT plugin links it and calls only these functions.
  * CUDA driver API only: no CUDA runtime, no Python at run time.
  *
  * Lifecycle:

@@ -1,7 +1,7 @@
 /*
- * BiLevelRoutingAttention: TensorRT IPluginV3 plugin (IPluginV3OneCore/Build/Runtime) and its
- * IPluginCreatorV3One. The op contract is plugins/bra/README.md; the kernels are reached only
- * through the C launch interface bra_launch.h.
+ * BiLevelRoutingAttention: the TensorRT IPluginV3 plugin (IPluginV3OneCore/Build/Runtime). Its creator
+ * is bra_plugin_creator.h, its contract checks bra_validation.h; the op contract is
+ * plugins/bra/README.md. The kernels are reached only through the C launch interface bra_launch.h.
  *
  * Object lifecycle, as TensorRT drives it:
  *   build phase   creator.createPlugin(name, fields, kBUILD) -> clone() -> getOutputDataTypes /
@@ -16,7 +16,9 @@
 #ifndef EDGE_BIFORMER_BRA_PLUGIN_H
 #define EDGE_BIFORMER_BRA_PLUGIN_H
 
+#include "bra_kernel_module.h"
 #include "bra_launch.h"
+#include "bra_validation.h"
 
 #include <NvInferRuntime.h>
 
@@ -29,48 +31,6 @@ namespace edge_biformer
 {
 namespace plugin
 {
-
-//! Identity of the op (plugins/bra/BiLevelRoutingAttention.json).
-constexpr char const* kBRA_PLUGIN_NAME = "BiLevelRoutingAttention";
-constexpr char const* kBRA_PLUGIN_VERSION = "1";
-constexpr char const* kBRA_PLUGIN_NAMESPACE = "edge_biformer";
-
-//! Number of plugin inputs (q, k, v, r_idx) and outputs (o).
-constexpr int32_t kBRA_NB_INPUTS = 4;
-constexpr int32_t kBRA_NB_OUTPUTS = 1;
-
-//! The creation attributes of one BiLevelRoutingAttention layer.
-struct BraAttributes
-{
-    int32_t nWin{0};
-    int32_t numHeads{0};
-    int32_t topk{0};
-    float scale{0.0F};
-};
-
-//! Parse and validate plugin fields (from the ONNX parser, an application or a serialized plan).
-//! Returns an empty string on success, else a one-line description of what is wrong and how to fix
-//! it. Unknown field names are errors; the string fields plugin_version/plugin_namespace that the
-//! ONNX node carries are accepted when they name this plugin.
-std::string parseAttributes(nvinfer1::PluginFieldCollection const* fc, BraAttributes& out) noexcept;
-
-//! Check the attributes themselves (n_win >= 1, num_heads >= 1, 1 <= topk <= n_win^2, finite scale).
-std::string validateAttributes(BraAttributes const& attrs) noexcept;
-
-//! Check concrete input shapes against the op contract and fill the launch parameters.
-//! `what` names the shapes in messages (e.g. "runtime shapes", "profile kMIN shapes").
-std::string checkShapes(BraAttributes const& attrs, nvinfer1::Dims const& q, nvinfer1::Dims const& k,
-    nvinfer1::Dims const& v, nvinfer1::Dims const& rIdx, char const* what, eb_bra_params_t* params) noexcept;
-
-//! The kernel module of one CUDA context, shared (reference counted) by every attached plugin
-//! instance in that context: an engine has one instance per BRA layer (26 in BiFormer-S), and each
-//! loading all kernel variants would multiply the load time and device memory by that count. The
-//! last instance released unloads it.
-using BraModulePtr = std::shared_ptr<struct eb_bra_module>;
-
-//! The module of context `ctx`: the one already loaded there if some instance still holds it, else
-//! a newly loaded one. On failure returns null and sets `status`.
-BraModulePtr acquireKernelModule(CUcontext ctx, eb_bra_status_t* status);
 
 class BiLevelRoutingAttentionPlugin final : public nvinfer1::IPluginV3,
                                             public nvinfer1::IPluginV3OneCore,
@@ -155,32 +115,6 @@ private:
     nvinfer1::PluginFieldCollection mSerialFc{};
     std::string mMetadata;
 };
-
-class BiLevelRoutingAttentionCreator final : public nvinfer1::IPluginCreatorV3One
-{
-public:
-    BiLevelRoutingAttentionCreator();
-    ~BiLevelRoutingAttentionCreator() override = default;
-
-    BiLevelRoutingAttentionCreator(BiLevelRoutingAttentionCreator const&) = delete;
-    BiLevelRoutingAttentionCreator& operator=(BiLevelRoutingAttentionCreator const&) = delete;
-    BiLevelRoutingAttentionCreator(BiLevelRoutingAttentionCreator&&) = delete;
-    BiLevelRoutingAttentionCreator& operator=(BiLevelRoutingAttentionCreator&&) = delete;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFc{};
-};
-
-//! The creator of this library instance (one per loaded copy of the library).
-BiLevelRoutingAttentionCreator& braCreator() noexcept;
 
 } // namespace plugin
 } // namespace edge_biformer

@@ -24,8 +24,9 @@
  * "already registered"); any other caller (the lean runtime of a version-compatible plan, another
  * TensorRT) gets the creator. Each TensorRT instance in the process therefore holds the creator once.
  */
-#include "bra_logging.h"
-#include "bra_plugin.h"
+#include "bra_plugin_creator.h"
+#include "bra_validation.h"
+#include "plugin_logging.h"
 
 #include <dlfcn.h>
 
@@ -41,6 +42,9 @@ namespace edge_biformer
 {
 namespace plugin
 {
+
+char const kLOG_PREFIX[] = EB_BRA_PLUGIN_NAMESPACE " " EB_BRA_PLUGIN_NAME ": ";
+
 namespace
 {
 
@@ -169,7 +173,7 @@ private:
                     + ") but this library was built against " + kBUILT_AGAINST
                     + " headers, whose plugin ABI differs; rebuild it with TENSORRT_ROOT pointing at TensorRT "
                     + std::to_string(loaded);
-                std::fprintf(stderr, "[ERROR] edge_biformer: %s\n", mStatus.c_str());
+                std::fprintf(stderr, "[ERROR] " EB_BRA_PLUGIN_NAMESPACE ": %s\n", mStatus.c_str());
                 return;
             }
         }

@@ -9,6 +9,8 @@
  *
  * Exit status: 0 on success, 1 on a failed check, 2 on bad usage.
  */
+#include "bra_contract.h" // the op's identity and plugin fields, generated from its contract JSON
+
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -29,9 +31,9 @@
 namespace
 {
 
-constexpr char const* kNAME = "BiLevelRoutingAttention";
-constexpr char const* kVERSION = "1";
-constexpr char const* kNAMESPACE = "edge_biformer";
+constexpr char const* kNAME = EB_BRA_PLUGIN_NAME;
+constexpr char const* kVERSION = EB_BRA_PLUGIN_VERSION;
+constexpr char const* kNAMESPACE = EB_BRA_PLUGIN_NAMESPACE;
 
 class Logger : public nvinfer1::ILogger
 {
@@ -328,11 +330,12 @@ bool runEngine(Options const& o, nvinfer1::IPluginCreatorV3One& creator, Logger&
 {
     using namespace nvinfer1;
     float const scale = 1.0F / std::sqrt(static_cast<float>(o.cqk));
-    PluginField const fields[] = {PluginField{"n_win", &o.nWin, PluginFieldType::kINT32, 1},
-        PluginField{"num_heads", &o.heads, PluginFieldType::kINT32, 1},
-        PluginField{"topk", &o.topk, PluginFieldType::kINT32, 1},
-        PluginField{"scale", &scale, PluginFieldType::kFLOAT32, 1}};
-    PluginFieldCollection const fc{4, fields};
+    PluginField const fields[] = {PluginField{EB_BRA_ATTR_N_WIN, &o.nWin, PluginFieldType::EB_BRA_ATTR_N_WIN_TYPE, 1},
+        PluginField{EB_BRA_ATTR_NUM_HEADS, &o.heads, PluginFieldType::EB_BRA_ATTR_NUM_HEADS_TYPE, 1},
+        PluginField{EB_BRA_ATTR_TOPK, &o.topk, PluginFieldType::EB_BRA_ATTR_TOPK_TYPE, 1},
+        PluginField{EB_BRA_ATTR_SCALE, &scale, PluginFieldType::EB_BRA_ATTR_SCALE_TYPE, 1}};
+    static_assert(EB_BRA_NB_PLUGIN_FIELDS == 4, "the contract's plugin fields changed: update the sample");
+    PluginFieldCollection const fc{EB_BRA_NB_PLUGIN_FIELDS, fields};
     std::unique_ptr<IPluginV3> plugin{creator.createPlugin("bra", &fc, TensorRTPhase::kBUILD)};
     if (!plugin)
     {

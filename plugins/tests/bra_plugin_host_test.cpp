@@ -1,17 +1,25 @@
 /*
  * Host-side unit test of the BiLevelRoutingAttention plugin logic, compiled against the real TensorRT
- * headers and run without TensorRT's libraries or a GPU: the kernels and the CUDA driver calls are
- * test doubles (fake_bra_launch.c, fake_cuda_driver.c); TensorRT's IExprBuilder / IDimensionExpr /
- * IPluginResourceContext / IErrorRecorder are played by small implementations of their interfaces.
+ * headers and run without TensorRT's libraries or a GPU: the kernels and the CUDA driver are test
+ * doubles (fake_bra_launch.c, mock_cuda_driver.c); TensorRT's IExprBuilder / IDimensionExpr /
+ * IPluginResourceContext / IErrorRecorder are played by the stand-ins of plugin_test_helpers.h.
  *
- *   bra_plugin_host_test NAME VERSION NAMESPACE     (the identity the op contract JSON declares)
+ *   bra_plugin_host_test NAME VERSION NAMESPACE [FIELD:TYPE ...]
  *
- * Exit status 0 when every check passes. Built by plugins/CMakeLists.txt with -DEB_BUILD_HOST_TESTS=ON
- * (and -DEB_SANITIZE=ON for AddressSanitizer/UBSan/LeakSanitizer), run by tests/test_plugin_build.py.
+ * The arguments are what the op contract JSON declares: the identity, and the plugin fields with
+ * their PluginFieldType (e.g. n_win:kINT32), in order. Exit status 0 when every check passes. Built by
+ * plugins/tests/CMakeLists.txt with -DEB_BUILD_HOST_TESTS=ON (and -DEB_SANITIZE=ON for
+ * AddressSanitizer/UBSan/LeakSanitizer), run by tests/plugins/test_plugin_build.py.
  */
-#include "bra_logging.h"
+#include "bra_contract.h"
 #include "bra_plugin.h"
-#include "fake_cuda_driver.h"
+#include "bra_plugin_creator.h"
+#include "bra_validation.h"
+#include "fake_bra_launch.h"
+#include "mock_cuda_driver.h"
+#include "plugin_fields.h"
+#include "plugin_logging.h"
+#include "plugin_test_helpers.h"
 
 #include <cmath>
 #include <cstdint>
@@ -19,6 +27,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
@@ -28,279 +37,34 @@ namespace
 {
 
 using namespace edge_biformer::plugin;
-using nvinfer1::DataType;
-using nvinfer1::Dims;
-using nvinfer1::DimsExprs;
+using namespace edge_biformer::plugin_test;
 using nvinfer1::DynamicPluginTensorDesc;
-using nvinfer1::PluginField;
-using nvinfer1::PluginFieldCollection;
-using nvinfer1::PluginFieldType;
-using nvinfer1::PluginTensorDesc;
-using nvinfer1::TensorFormat;
 
-int gChecks = 0;
-int gFailures = 0;
-
-#define CHECK(cond)                                                                                                    \
-    do                                                                                                                 \
-    {                                                                                                                  \
-        ++gChecks;                                                                                                     \
-        if (!(cond))                                                                                                   \
-        {                                                                                                              \
-            ++gFailures;                                                                                               \
-            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";                                 \
-        }                                                                                                              \
-    } while (false)
-
-bool contains(std::string const& haystack, std::string const& needle)
+//! The device of the mock driver's context, as major*10 + minor.
+void setSm(int sm)
 {
-    return haystack.find(needle) != std::string::npos;
+    mock_cuda_set_device(sm / 10, sm % 10, 166912);
 }
 
-// ------------------------------------------------------------------------------------------------
-// Stand-ins for the TensorRT objects a plugin receives.
-
-class CapturingLogger : public nvinfer1::ILogger
-{
-public:
-    void log(Severity severity, char const* msg) noexcept override
-    {
-        if (severity <= Severity::kWARNING)
-        {
-            last = msg;
-            ++count;
-        }
-    }
-    std::string last;
-    int count{0};
-};
-CapturingLogger gLogger;
-nvinfer1::ILogger* testGetLogger() noexcept
-{
-    return &gLogger;
-}
-
-class Recorder : public nvinfer1::IErrorRecorder
-{
-public:
-    int32_t getNbErrors() const noexcept override
-    {
-        return static_cast<int32_t>(errors.size());
-    }
-    nvinfer1::ErrorCode getErrorCode(int32_t i) const noexcept override
-    {
-        return codes.at(static_cast<size_t>(i));
-    }
-    ErrorDesc getErrorDesc(int32_t i) const noexcept override
-    {
-        return errors.at(static_cast<size_t>(i)).c_str();
-    }
-    bool hasOverflowed() const noexcept override
-    {
-        return false;
-    }
-    void clear() noexcept override
-    {
-        errors.clear();
-        codes.clear();
-    }
-    bool reportError(nvinfer1::ErrorCode code, ErrorDesc desc) noexcept override
-    {
-        codes.push_back(code);
-        errors.emplace_back(desc);
-        return true;
-    }
-    RefCount incRefCount() noexcept override
-    {
-        return ++refs;
-    }
-    RefCount decRefCount() noexcept override
-    {
-        return --refs;
-    }
-    std::vector<std::string> errors;
-    std::vector<nvinfer1::ErrorCode> codes;
-    RefCount refs{0};
-};
-
-class ResourceContext : public nvinfer1::IPluginResourceContext
-{
-public:
-    explicit ResourceContext(nvinfer1::IErrorRecorder* recorder)
-        : mRecorder(recorder)
-    {
-    }
-    nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override
-    {
-        return nullptr;
-    }
-    nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override
-    {
-        return mRecorder;
-    }
-
-private:
-    nvinfer1::IErrorRecorder* mRecorder;
-};
-
-//! An IDimensionExpr: a constant or a symbolic (runtime) dimension.
-class DimImpl : public nvinfer1::apiv::VDimensionExpr
-{
-public:
-    explicit DimImpl(int64_t value)
-        : mValue(value)
-    {
-    }
-    bool isConstant() const override
-    {
-        return mValue >= 0;
-    }
-    int64_t getConstantValue() const override
-    {
-        return mValue >= 0 ? mValue : INT64_MIN;
-    }
-    bool isSizeTensor() const override
-    {
-        return false;
-    }
-
-private:
-    int64_t mValue;
-};
-
-class DimExpr : public nvinfer1::IDimensionExpr
-{
-public:
-    explicit DimExpr(int64_t value)
-        : mOwned(value)
-    {
-        mImpl = &mOwned;
-    }
-    ~DimExpr() override = default;
-
-private:
-    DimImpl mOwned;
-};
-
-class ExprBuilder : public nvinfer1::IExprBuilder
-{
-public:
-    ExprBuilder()
-    {
-        mImpl = nullptr; // the plugin builds no new expressions
-    }
-    ~ExprBuilder() override = default;
-};
-
-//! Owns the expressions of one set of input shapes (-1 = dynamic).
-struct ShapeExprs
-{
-    std::vector<std::unique_ptr<DimExpr>> owned;
-    DimsExprs inputs[4]{};
-
-    ShapeExprs(std::vector<std::vector<int64_t>> const& shapes)
-    {
-        for (size_t t = 0; t < shapes.size(); ++t)
-        {
-            inputs[t].nbDims = static_cast<int32_t>(shapes[t].size());
-            for (size_t i = 0; i < shapes[t].size(); ++i)
-            {
-                owned.push_back(std::make_unique<DimExpr>(shapes[t][i]));
-                inputs[t].d[i] = owned.back().get();
-            }
-        }
-    }
-};
-
-Dims dims(std::vector<int64_t> const& values)
-{
-    Dims d{};
-    d.nbDims = static_cast<int32_t>(values.size());
-    for (size_t i = 0; i < values.size(); ++i)
-    {
-        d.d[i] = values[i];
-    }
-    return d;
-}
-
-PluginTensorDesc desc(std::vector<int64_t> const& shape, DataType type)
-{
-    PluginTensorDesc t{};
-    t.dims = dims(shape);
-    t.type = type;
-    t.format = TensorFormat::kLINEAR;
-    t.scale = -1.0F;
-    return t;
-}
-
-// ------------------------------------------------------------------------------------------------
-// Fields
-
-struct Fields
-{
-    int32_t nWin{7};
-    int32_t heads{2};
-    int32_t topk{4};
-    float scale{0.125F};
-    std::vector<PluginField> list;
-    PluginFieldCollection fc{};
-
-    Fields()
-    {
-        list = {PluginField{"n_win", &nWin, PluginFieldType::kINT32, 1},
-            PluginField{"num_heads", &heads, PluginFieldType::kINT32, 1},
-            PluginField{"topk", &topk, PluginFieldType::kINT32, 1},
-            PluginField{"scale", &scale, PluginFieldType::kFLOAT32, 1}};
-        sync();
-    }
-    void sync()
-    {
-        fc.nbFields = static_cast<int32_t>(list.size());
-        fc.fields = list.data();
-    }
-};
-
-std::unique_ptr<nvinfer1::IPluginV3> createPlugin(
-    PluginFieldCollection const& fc, nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD)
-{
-    return std::unique_ptr<nvinfer1::IPluginV3>{braCreator().createPlugin("bra_0", &fc, phase)};
-}
-
-BiLevelRoutingAttentionPlugin* asBra(nvinfer1::IPluginV3* p)
-{
-    return static_cast<BiLevelRoutingAttentionPlugin*>(
-        static_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE)));
-}
-
-nvinfer1::IPluginV3OneBuild* build(nvinfer1::IPluginV3* p)
-{
-    return static_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-}
-
-nvinfer1::IPluginV3OneRuntime* runtime(nvinfer1::IPluginV3* p)
-{
-    return static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-}
-
-// ------------------------------------------------------------------------------------------------
-// Tests
-
-void testIdentity(char const* name, char const* version, char const* ns)
+void testIdentity(char const* name, char const* version, char const* ns,
+    std::vector<std::pair<std::string, std::string>> const& fields)
 {
     auto& creator = braCreator();
     CHECK(std::strcmp(creator.getPluginName(), name) == 0);
     CHECK(std::strcmp(creator.getPluginVersion(), version) == 0);
     CHECK(std::strcmp(creator.getPluginNamespace(), ns) == 0);
     CHECK(std::strcmp(creator.getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
+    // The creator lists exactly the contract's plugin fields, in its order and with its types.
     PluginFieldCollection const* names = creator.getFieldNames();
-    CHECK(names != nullptr && names->nbFields == 4);
-    if (names != nullptr && names->nbFields == 4)
+    CHECK(names != nullptr && !fields.empty() && names->nbFields == static_cast<int32_t>(fields.size()));
+    if (names != nullptr && names->nbFields == static_cast<int32_t>(fields.size()))
     {
-        CHECK(std::strcmp(names->fields[0].name, "n_win") == 0 && names->fields[0].type == PluginFieldType::kINT32);
-        CHECK(std::strcmp(names->fields[1].name, "num_heads") == 0);
-        CHECK(std::strcmp(names->fields[2].name, "topk") == 0);
-        CHECK(std::strcmp(names->fields[3].name, "scale") == 0 && names->fields[3].type == PluginFieldType::kFLOAT32);
+        for (size_t i = 0; i < fields.size(); ++i)
+        {
+            CHECK(names->fields[i].name == fields[i].first);
+            CHECK(fieldTypeName(names->fields[i].type) == fields[i].second);
+            CHECK(names->fields[i].data == nullptr && names->fields[i].length == 1);
+        }
     }
     Fields f;
     auto plugin = createPlugin(f.fc);
@@ -321,10 +85,14 @@ void testFieldsFromOnnxParser()
     // The ONNX parser's fields: INT attributes as kINT32, FLOAT as kFLOAT32, STRING as kCHAR of the
     // string's length without a terminating NUL.
     Fields f;
-    char const version[] = {'1'};
-    char const ns[] = {'e', 'd', 'g', 'e', '_', 'b', 'i', 'f', 'o', 'r', 'm', 'e', 'r'};
-    f.list.emplace_back("plugin_version", version, PluginFieldType::kCHAR, 1);
-    f.list.emplace_back("plugin_namespace", ns, PluginFieldType::kCHAR, static_cast<int32_t>(sizeof(ns)));
+    std::string const versionText{EB_BRA_ATTR_PLUGIN_VERSION_VALUE};
+    std::string const nsText{EB_BRA_ATTR_PLUGIN_NAMESPACE_VALUE};
+    std::vector<char> const version(versionText.begin(), versionText.end()); // no NUL
+    std::vector<char> const ns(nsText.begin(), nsText.end());
+    f.list.emplace_back(
+        EB_BRA_ATTR_PLUGIN_VERSION, version.data(), PluginFieldType::kCHAR, static_cast<int32_t>(version.size()));
+    f.list.emplace_back(
+        EB_BRA_ATTR_PLUGIN_NAMESPACE, ns.data(), PluginFieldType::kCHAR, static_cast<int32_t>(ns.size()));
     f.sync();
     BraAttributes a;
     CHECK(parseAttributes(&f.fc, a).empty());
@@ -336,8 +104,8 @@ void testFieldsFromOnnxParser()
     int64_t nWin64 = 8;
     double scale64 = 0.25;
     Fields g;
-    g.list[0] = PluginField{"n_win", &nWin64, PluginFieldType::kINT64, 1};
-    g.list[3] = PluginField{"scale", &scale64, PluginFieldType::kFLOAT64, 1};
+    g.list[0] = PluginField{EB_BRA_ATTR_N_WIN, &nWin64, PluginFieldType::kINT64, 1};
+    g.list[3] = PluginField{EB_BRA_ATTR_SCALE, &scale64, PluginFieldType::kFLOAT64, 1};
     g.sync();
     CHECK(parseAttributes(&g.fc, a).empty());
     CHECK(a.nWin == 8 && a.scale == 0.25F);
@@ -359,21 +127,21 @@ void testBadFields()
     {
         Fields f;
         int32_t extra = 1;
-        f.list.emplace_back("n_wins", &extra, PluginFieldType::kINT32, 1);
+        f.list.emplace_back(EB_BRA_ATTR_N_WIN "s", &extra, PluginFieldType::kINT32, 1);
         f.sync();
         CHECK(contains(parseAttributes(&f.fc, a), "unknown plugin field 'n_wins'"));
     }
     {
         Fields f;
         float wrong = 7.0F;
-        f.list[0] = PluginField{"n_win", &wrong, PluginFieldType::kFLOAT32, 1};
+        f.list[0] = PluginField{EB_BRA_ATTR_N_WIN, &wrong, PluginFieldType::kFLOAT32, 1};
         f.sync();
         CHECK(contains(parseAttributes(&f.fc, a), "'n_win' must be an integer (kINT32), got kFLOAT32"));
     }
     {
         Fields f;
         int32_t two[] = {1, 2};
-        f.list[1] = PluginField{"num_heads", two, PluginFieldType::kINT32, 2};
+        f.list[1] = PluginField{EB_BRA_ATTR_NUM_HEADS, two, PluginFieldType::kINT32, 2};
         f.sync();
         CHECK(contains(parseAttributes(&f.fc, a), "'num_heads' must hold exactly one value (got length 2)"));
     }
@@ -386,7 +154,7 @@ void testBadFields()
     {
         Fields f;
         char const v2[] = "2";
-        f.list.emplace_back("plugin_version", v2, PluginFieldType::kCHAR, 2);
+        f.list.emplace_back(EB_BRA_ATTR_PLUGIN_VERSION, v2, PluginFieldType::kCHAR, 2);
         f.sync();
         CHECK(contains(parseAttributes(&f.fc, a), "'plugin_version' is '2'"));
     }
@@ -574,8 +342,8 @@ void testConfigurePlugin()
     auto plugin = createPlugin(f.fc);
     auto* b = build(plugin.get());
     DynamicPluginTensorDesc io[5]{};
-    eb_fake_context_current = 1;
-    eb_fake_sm = 87;
+    mock_cuda_set_no_context(0);
+    setSm(87);
     setProfile(io, {{1, 7, 7, 64}, {1, 7, 7, 64}, {1, 7, 7, 32}, {1, 49, 4}},
         {{4, 56, 56, 64}, {4, 56, 56, 64}, {4, 56, 56, 32}, {4, 49, 4}},
         {{8, 112, 112, 64}, {8, 112, 112, 64}, {8, 112, 112, 32}, {8, 49, 4}}, DataType::kHALF);
@@ -595,14 +363,14 @@ void testConfigurePlugin()
     CHECK(contains(gLogger.last, "head dims d_qk=256, d_v=16 (float32) exceed the largest compiled kernel variant"));
 
     // A GPU without kernels fails at build time too.
-    eb_fake_sm = 70;
+    setSm(70);
     setProfile(io, {{1, 7, 7, 64}, {1, 7, 7, 64}, {1, 7, 7, 32}, {1, 49, 4}},
         {{1, 7, 7, 64}, {1, 7, 7, 64}, {1, 7, 7, 32}, {1, 49, 4}},
         {{1, 7, 7, 64}, {1, 7, 7, 64}, {1, 7, 7, 32}, {1, 49, 4}}, DataType::kHALF);
     CHECK(b->configurePlugin(io, 4, io + 4, 1) != 0);
     CHECK(contains(gLogger.last, "no kernel image for this GPU (sm_70)"));
     CHECK(contains(gLogger.last, "--cuda-architectures 70"));
-    eb_fake_sm = 87;
+    setSm(87);
 
     // Mixed types are refused.
     setProfile(io, {{1, 7, 7, 64}, {1, 7, 7, 64}, {1, 7, 7, 32}, {1, 49, 4}},
@@ -622,8 +390,8 @@ void testRuntimeLifecycle()
     CHECK(plugin != nullptr);
     Recorder recorder;
     ResourceContext resources(&recorder);
-    eb_fake_context_current = 1;
-    eb_fake_sm = 90;
+    mock_cuda_set_no_context(0);
+    setSm(90);
     eb_fake_load_status = EB_BRA_SUCCESS;
     int const modulesBefore = eb_fake_modules_loaded;
     {
@@ -693,14 +461,14 @@ void testRuntimeLifecycle()
         // A failing launch is reported with the CUDA error and a hint when the stream is foreign.
         CHECK(rt->onShapeChange(in32, 4, out32, 1) == 0);
         eb_fake_launch_status = EB_BRA_ERR_CUDA;
-        eb_fake_stream_context_mismatch = reinterpret_cast<CUstream>(stream);
+        mock_cuda_set_foreign_stream(reinterpret_cast<CUstream>(stream));
         CHECK(rt->enqueue(in32, out32, inputs, outputs, nullptr, stream) != 0);
         CHECK(contains(recorder.errors.back(), "kernel launch failed: CUDA driver error"));
         CHECK(contains(recorder.errors.back(), "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"));
         CHECK(contains(recorder.errors.back(), "the stream belongs to another CUDA context"));
         CHECK(recorder.codes.back() == nvinfer1::ErrorCode::kFAILED_EXECUTION);
         eb_fake_launch_status = EB_BRA_SUCCESS;
-        eb_fake_stream_context_mismatch = nullptr;
+        mock_cuda_set_foreign_stream(nullptr);
 
         // A second execution context in the same CUDA context shares the loaded module.
         std::unique_ptr<nvinfer1::IPluginV3> second{runtime(plugin.get())->attachToContext(&resources)};
@@ -710,19 +478,19 @@ void testRuntimeLifecycle()
 
     // No kernel for this GPU: attachToContext fails with the fix in the message.
     eb_fake_load_status = EB_BRA_ERR_NO_KERNEL_FOR_ARCH;
-    eb_fake_sm = 121;
+    setSm(121);
     recorder.clear();
     CHECK(runtime(plugin.get())->attachToContext(&resources) == nullptr);
     CHECK(!recorder.errors.empty() && contains(recorder.errors.back(), "no kernel image for this GPU (sm_121)")
         && contains(recorder.errors.back(), "scripts/build_plugins.sh --cuda-architectures 121"));
     eb_fake_load_status = EB_BRA_SUCCESS;
-    eb_fake_sm = 90;
+    setSm(90);
 
     // No CUDA context current at attach time: the module is loaded at the first onShapeChange.
-    eb_fake_context_current = 0;
+    mock_cuda_set_no_context(1);
     std::unique_ptr<nvinfer1::IPluginV3> deferred{runtime(plugin.get())->attachToContext(&resources)};
     CHECK(deferred != nullptr && !asBra(deferred.get())->hasKernelModule());
-    eb_fake_context_current = 1;
+    mock_cuda_set_no_context(0);
     PluginTensorDesc in[4] = {desc({1, 7, 7, 64}, DataType::kHALF), desc({1, 7, 7, 64}, DataType::kHALF),
         desc({1, 7, 7, 32}, DataType::kHALF), desc({1, 49, 4}, DataType::kINT32)};
     PluginTensorDesc out[1] = {desc({1, 7, 7, 32}, DataType::kHALF)};
@@ -737,7 +505,9 @@ void testRegistrationWithoutTensorRT()
     // This process has no libnvinfer: nothing is registered at load time and getCreators() hands the
     // creator to whoever calls it (IPluginRegistry::loadLibrary in a real process).
     std::string const status = edge_biformer_plugin_status();
-    CHECK(contains(status, "BiLevelRoutingAttention version 1 (namespace edge_biformer), built against TensorRT "));
+    CHECK(contains(status,
+        EB_BRA_PLUGIN_NAME " version " EB_BRA_PLUGIN_VERSION " (namespace " EB_BRA_PLUGIN_NAMESPACE
+                           "), built against TensorRT "));
     CHECK(contains(status, "not registered at load time, because no TensorRT runtime is loaded in this process and "
                            "libnvinfer.so."));
     int32_t n = -1;
@@ -749,13 +519,20 @@ void testRegistrationWithoutTensorRT()
 
 int main(int argc, char** argv)
 {
-    if (argc != 4)
+    if (argc < 4)
     {
-        std::cerr << "usage: bra_plugin_host_test NAME VERSION NAMESPACE\n";
+        std::cerr << "usage: bra_plugin_host_test NAME VERSION NAMESPACE [FIELD:TYPE ...]\n";
         return 2;
     }
+    std::vector<std::pair<std::string, std::string>> fields;
+    for (int i = 4; i < argc; ++i)
+    {
+        std::string const arg{argv[i]};
+        auto const colon = arg.find(':');
+        fields.emplace_back(arg.substr(0, colon), colon == std::string::npos ? "" : arg.substr(colon + 1));
+    }
     setProcessLoggerGetter(&testGetLogger);
-    testIdentity(argv[1], argv[2], argv[3]);
+    testIdentity(argv[1], argv[2], argv[3], fields);
     testFieldsFromOnnxParser();
     testBadFields();
     testSerializationRoundTripAndClone();
@@ -764,6 +541,5 @@ int main(int argc, char** argv)
     testConfigurePlugin();
     testRuntimeLifecycle();
     testRegistrationWithoutTensorRT();
-    std::cout << "bra_plugin_host_test: " << gChecks - gFailures << "/" << gChecks << " checks passed\n";
-    return gFailures == 0 ? 0 : 1;
+    return report("bra_plugin_host_test");
 }

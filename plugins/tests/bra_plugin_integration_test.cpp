@@ -1,16 +1,16 @@
 /*
- * Integration test of the plugin with the real generated kernel launcher (bra_launch.c and the AOT
- * images), on the mock CUDA driver of the kernel step (plugins/bra/aot/mock_cuda.c) plus the few
- * driver calls the plugin makes itself (mock_cuda_extras.c). No GPU: the mock records what would be
- * launched. Checks that attachToContext loads the images for the device, that onShapeChange/enqueue
- * hand the right tensors and stream to one cuLaunchKernel, that modules are unloaded with the plugin,
- * and that kernel-level refusals (unsupported head dims, no image for the GPU, launch errors) surface
- * as plugin errors with their fix.
+ * Integration test of the plugin with the real kernel launcher (plugins/bra/kernels/bra_launch.c with
+ * the tables and images of the AOT step), on the mock CUDA driver (mock_cuda_driver.c). No GPU: the
+ * mock records what would be launched. Checks that attachToContext loads the images for the device,
+ * that onShapeChange/enqueue hand the right tensors and stream to one cuLaunchKernel, that modules
+ * are unloaded with the plugin, and that kernel-level refusals (unsupported head dims, no image for
+ * the GPU, launch errors) surface as plugin errors with their fix.
  *
  *   bra_plugin_integration_test PARAM_LAYOUT   ('p'/'i'/'f' per kernel parameter, from manifest.json)
  */
-#include "bra_logging.h"
-#include "bra_plugin.h"
+#include "mock_cuda_driver.h"
+#include "plugin_logging.h"
+#include "plugin_test_helpers.h"
 
 #include <cmath>
 #include <cstdint>
@@ -19,99 +19,8 @@
 #include <memory>
 #include <string>
 
-extern "C"
-{
-    typedef struct mock_cuda_launch
-    {
-        void const* image;
-        char const* function_name;
-        unsigned int grid[3];
-        unsigned int block[3];
-        unsigned int shared;
-        uint64_t stream;
-        int n_params;
-        uint64_t params[64];
-    } mock_cuda_launch_t;
-
-    void mock_cuda_reset(void);
-    void mock_cuda_set_device(int major, int minor, int shared_optin);
-    void mock_cuda_set_launch_failure(CUresult result);
-    int mock_cuda_set_param_layout(char const* layout);
-    int mock_cuda_live_modules(void);
-    int mock_cuda_launch_count(void);
-    int mock_cuda_last_launch(mock_cuda_launch_t* out);
-    extern int eb_mock_extras_no_context;
-}
-
-namespace
-{
-
 using namespace edge_biformer::plugin;
-using nvinfer1::DataType;
-using nvinfer1::PluginField;
-using nvinfer1::PluginFieldCollection;
-using nvinfer1::PluginFieldType;
-using nvinfer1::PluginTensorDesc;
-
-int gChecks = 0;
-int gFailures = 0;
-
-#define CHECK(cond)                                                                                                    \
-    do                                                                                                                 \
-    {                                                                                                                  \
-        ++gChecks;                                                                                                     \
-        if (!(cond))                                                                                                   \
-        {                                                                                                              \
-            ++gFailures;                                                                                               \
-            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";                                 \
-        }                                                                                                              \
-    } while (false)
-
-class CapturingLogger : public nvinfer1::ILogger
-{
-public:
-    void log(Severity severity, char const* msg) noexcept override
-    {
-        if (severity <= Severity::kWARNING)
-        {
-            last = msg;
-        }
-    }
-    std::string last;
-};
-CapturingLogger gLogger;
-nvinfer1::ILogger* testGetLogger() noexcept
-{
-    return &gLogger;
-}
-
-PluginTensorDesc desc(std::initializer_list<int64_t> shape, DataType type)
-{
-    PluginTensorDesc t{};
-    t.dims.nbDims = static_cast<int32_t>(shape.size());
-    int32_t i = 0;
-    for (int64_t d : shape)
-    {
-        t.dims.d[i++] = d;
-    }
-    t.type = type;
-    t.format = nvinfer1::TensorFormat::kLINEAR;
-    t.scale = -1.0F;
-    return t;
-}
-
-nvinfer1::IPluginV3OneRuntime* runtime(nvinfer1::IPluginV3* p)
-{
-    return static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-}
-
-nvinfer1::IPluginV3OneBuild* build(nvinfer1::IPluginV3* p)
-{
-    return static_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-}
-
-} // namespace
+using namespace edge_biformer::plugin_test;
 
 int main(int argc, char** argv)
 {
@@ -127,16 +36,12 @@ int main(int argc, char** argv)
     mock_cuda_set_device(8, 7, 166912); // Jetson Orin
 
     // BiFormer-S stage 1 at 224: 28x28 map, n_win 7, 4 heads of 32, topk 4.
-    int32_t nWin = 7;
-    int32_t heads = 4;
-    int32_t topk = 4;
-    float scale = 1.0F / std::sqrt(128.0F);
-    PluginField const fields[] = {PluginField{"n_win", &nWin, PluginFieldType::kINT32, 1},
-        PluginField{"num_heads", &heads, PluginFieldType::kINT32, 1},
-        PluginField{"topk", &topk, PluginFieldType::kINT32, 1},
-        PluginField{"scale", &scale, PluginFieldType::kFLOAT32, 1}};
-    PluginFieldCollection const fc{4, fields};
-    std::unique_ptr<nvinfer1::IPluginV3> plugin{braCreator().createPlugin("bra", &fc, nvinfer1::TensorRTPhase::kRUNTIME)};
+    Fields fields;
+    fields.nWin = 7;
+    fields.heads = 4;
+    fields.topk = 4;
+    fields.scale = 1.0F / std::sqrt(128.0F);
+    std::unique_ptr<nvinfer1::IPluginV3> plugin = createPlugin(fields.fc, nvinfer1::TensorRTPhase::kRUNTIME, "bra");
     CHECK(plugin != nullptr);
     if (!plugin)
     {
@@ -208,6 +113,5 @@ int main(int argc, char** argv)
     CHECK(gLogger.last.find("no kernel image for this GPU (sm_70)") != std::string::npos);
     CHECK(mock_cuda_live_modules() == 0);
 
-    std::cout << "bra_plugin_integration_test: " << gChecks - gFailures << "/" << gChecks << " checks passed\n";
-    return gFailures == 0 ? 0 : 1;
+    return report("bra_plugin_integration_test");
 }

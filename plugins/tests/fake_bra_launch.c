@@ -3,8 +3,7 @@
  * parameters like the real eb_bra_check (contract + head dims <= 128 + sm >= 75), counts modules and
  * records launches. Never linked into libedge_biformer_plugins.so.
  */
-#include "bra_launch.h"
-#include "fake_cuda_driver.h"
+#include "fake_bra_launch.h"
 
 #include <stddef.h>
 

@@ -6,8 +6,10 @@
  *   registration_test MODE PLUGIN_LIBRARY FAKE_TRT_DIR [SECOND_COPY_OF_PLUGIN_LIBRARY]
  *
  * The fake runtimes are loaded with RTLD_LOCAL, like Python's tensorrt module loads libnvinfer. Each
- * mode runs in its own process (tests/test_plugin_build.py runs them all). Exit status 0 = pass.
+ * mode runs in its own process (tests/plugins/test_plugin_build.py runs them all). Exit status 0 = pass.
  */
+#include "bra_contract.h"
+
 #include <NvInferRuntime.h>
 
 #include <dlfcn.h>
@@ -20,9 +22,9 @@
 namespace
 {
 
-constexpr char const* kNAME = "BiLevelRoutingAttention";
-constexpr char const* kVERSION = "1";
-constexpr char const* kNAMESPACE = "edge_biformer";
+constexpr char const* kNAME = EB_BRA_PLUGIN_NAME;
+constexpr char const* kVERSION = EB_BRA_PLUGIN_VERSION;
+constexpr char const* kNAMESPACE = EB_BRA_PLUGIN_NAMESPACE;
 
 #define EB_STRINGIFY_IMPL(x) #x
 #define EB_STRINGIFY(x) EB_STRINGIFY_IMPL(x)

@@ -1,0 +1,29 @@
+"""Checks: every artifact against its reference, judged by one tolerance table.
+
+* :func:`compare` (:mod:`.compare`): the one comparator, used by export verification, the
+  rewrite's checks, the op contract and the build check;
+* :data:`TOLERANCES` (:mod:`.tolerances`): the one tolerance table;
+* :mod:`.runners`: running an artifact on the check inputs (onnxruntime, the CPU op, TensorRT);
+* :mod:`.polygraphy_io`: Polygraphy's JSON formats, its comparator and the commands that repeat a check;
+* :mod:`.report`: ``report.md`` / ``report.json``;
+* :mod:`.stage`: :func:`run`, the check of a build directory (``edge-biformer check``, and the last
+  stage of ``edge-biformer build``).
+
+Only the comparator and the table are imported here (the op contracts use them); the stage is
+loaded on first use.
+"""
+
+from typing import Any
+
+from edge_biformer.check.compare import Comparison, compare
+from edge_biformer.check.tolerances import TOLERANCES, Tolerance, tolerance
+
+__all__ = ["TOLERANCES", "CheckOptions", "Comparison", "Tolerance", "compare", "run", "tolerance"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "CheckOptions"):
+        from edge_biformer.check import stage
+
+        return getattr(stage, name)
+    raise AttributeError(f"module 'edge_biformer.check' has no attribute {name!r}")

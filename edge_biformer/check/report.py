@@ -1,0 +1,182 @@
+"""The result of a build check: one row per artifact, ``report.json`` and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_biformer.check.tolerances import TOLERANCES
+from edge_biformer.stages import PRECISIONS
+from edge_biformer.utils import atomic_output
+
+__all__ = ["CheckReport", "TargetResult", "render_markdown", "summary_line", "write_report"]
+
+
+@dataclass
+class TargetResult:
+    """Numbers and verdict of one artifact against the reference."""
+
+    name: str
+    path: str
+    precision: str
+    kind: str
+    status: str  # "pass" | "fail" | "skipped"
+    reason: str = ""
+    atol: float = 0.0
+    rtol: float = 0.0
+    check_error_stat: str = "elemwise"
+    polygraphy_pass: bool | None = None
+    max_abs_diff: float = float("nan")
+    mean_abs_diff: float = float("nan")
+    max_rel_diff: float = float("nan")
+    min_cosine: float = float("nan")
+    mean_cosine: float = float("nan")
+    top1_agreement: float = float("nan")
+    top5_agreement: float = float("nan")
+    top1_accuracy: float | None = None
+    failures: list[str] = field(default_factory=list)
+    command: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class CheckReport:
+    """All comparisons of one check."""
+
+    reference: dict[str, Any]
+    comparisons: list[TargetResult]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def passed(self) -> bool:
+        """True when no comparison failed (skipped ones do not fail the check)."""
+        return all(c.status != "fail" for c in self.comparisons)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (a number not measured, NaN, becomes ``null``)."""
+        return {
+            "passed": self.passed,
+            "created": self.created,
+            "reference": self.reference,
+            "comparisons": [_finite(asdict(c)) for c in self.comparisons],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The build manifest's ``check`` section."""
+        return {
+            "passed": self.passed,
+            "report": "report.md",
+            "comparisons": {c.name: c.status for c in self.comparisons},
+        }
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def summary_line(c: TargetResult) -> str:
+    """One line of numbers and verdict."""
+    if c.status == "skipped":
+        return f"SKIPPED ({c.reason})"
+    acc = f"  top-1 acc {c.top1_accuracy:.2%}" if c.top1_accuracy is not None else ""
+    verdict = "PASS" if c.status == "pass" else "FAIL: " + "; ".join(c.failures)
+    return (
+        f"max abs {c.max_abs_diff:.3g}  mean abs {c.mean_abs_diff:.3g}  cos min {c.min_cosine:.5f}  "
+        f"top-1 agree {c.top1_agreement:.2%}  top-5 agree {c.top5_agreement:.2%}{acc}  {verdict}"
+    )
+
+
+def render_markdown(report: CheckReport) -> str:
+    """``report.md``: the verdicts, the numbers, the tolerances and the commands to rerun."""
+    ref = report.reference
+    lines = [
+        "# edge-biformer accuracy check",
+        "",
+        f"Result: **{'PASS' if report.passed else 'FAIL'}** ({report.created})",
+        "",
+        f"Reference: FP32 PyTorch on {ref['samples']} samples in batches {ref['batches']} "
+        f"(data: {ref['data'].get('source', 'n/a')}, {ref['data'].get('kind', '')}); "
+        f"max |logit| {ref['logit_scale']:.4g}"
+        + (f"; top-1 accuracy {ref['top1_accuracy']:.2%}" if ref.get("top1_accuracy") is not None else "")
+        + ".",
+        "",
+        "| artifact | precision | status | max abs diff | mean abs diff | min cosine | top-1 agree "
+        "| top-5 agree | top-1 acc | atol / rtol (stat) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in report.comparisons:
+        if c.status == "skipped":
+            lines.append(
+                f"| {c.name} | {c.precision} | skipped | | | | | | | "
+                f"{c.atol:g} / {c.rtol:g} ({c.check_error_stat}) |"
+            )
+            continue
+        acc = f"{c.top1_accuracy:.2%}" if c.top1_accuracy is not None else ""
+        lines.append(
+            f"| {c.name} | {c.precision} | {c.status.upper()} | {c.max_abs_diff:.3g} | "
+            f"{c.mean_abs_diff:.3g} | {c.min_cosine:.5f} | {c.top1_agreement:.2%} | "
+            f"{c.top5_agreement:.2%} | {acc} | {c.atol:g} / {c.rtol:g} ({c.check_error_stat}) |"
+        )
+    failures = [c for c in report.comparisons if c.failures]
+    if failures:
+        lines += ["", "## Failures", ""]
+        lines += [f"- **{c.name}**: " + "; ".join(c.failures) for c in failures]
+    skipped = [c for c in report.comparisons if c.status == "skipped"]
+    if skipped:
+        lines += ["", "## Not run here", ""]
+        lines += [f"- **{c.name}** (`{c.path}`): {c.reason}" for c in skipped]
+    lines += [
+        "",
+        "## Tolerances",
+        "",
+        "| precision | atol (x max abs logit) | rtol | error stat | min cosine | top-1 agree | top-5 agree "
+        "| max top-1 drop (points) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in PRECISIONS.values():
+        t = TOLERANCES[p.tolerance]
+        lines.append(
+            f"| {p.name} | {t.atol_frac:g} | {t.rtol:g} | {t.error_stat} | {t.min_cosine} | "
+            f"{t.min_top1_agreement:.0%} | {t.min_top5_agreement:.0%} | {t.max_accuracy_drop:g} |"
+        )
+    lines += [
+        "",
+        "See docs/build.md for why these values.",
+        "",
+        "## Rerun with Polygraphy",
+        "",
+        f"Inputs: `{ref['inputs_json']}` (Polygraphy input JSON); reference: `{ref['reference_json']}` "
+        "(Polygraphy RunResults of FP32 PyTorch).",
+        "",
+        "```sh",
+    ]
+    for c in report.comparisons:
+        lines.append(f"# {c.name}{' (on the target GPU)' if c.kind != 'onnxrt' else ''}")
+        lines.append(c.command)
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: CheckReport, outdir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``outdir`` (atomically)."""
+    outdir = Path(outdir)
+    json_path, md_path = outdir / "report.json", outdir / "report.md"
+    with atomic_output(json_path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n")
+    with atomic_output(md_path, suffix=".md") as tmp:
+        tmp.write_text(render_markdown(report))
+    return json_path, md_path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

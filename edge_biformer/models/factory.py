@@ -1,0 +1,60 @@
+"""Building registry models: the official constructor arguments with overrides, and checkpoints."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from copy import deepcopy
+from typing import Any
+
+from torch import nn
+
+from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.models.biformer import BiFormer
+from edge_biformer.models.checkpoint import load_weights
+from edge_biformer.models.registry import VARIANTS, list_models
+
+__all__ = ["create_model", "model_config"]
+
+_ARGUMENTS = tuple(p for p in inspect.signature(BiFormer.__init__).parameters if p != "self")
+
+
+def model_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of variant ``name`` with ``overrides`` applied (validated)."""
+    if name not in VARIANTS:
+        raise EdgeBiformerError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    unknown = sorted(set(overrides) - set(_ARGUMENTS))
+    if unknown:
+        raise EdgeBiformerError(
+            f"unknown architecture argument(s) {', '.join(unknown)} for {name}; "
+            f"the BiFormer constructor takes: {', '.join(_ARGUMENTS)}"
+        )
+    config = deepcopy(VARIANTS[name])
+    config.update(overrides)
+    return config
+
+
+def create_model(name: str, weights: str | os.PathLike[str] | None = None, **overrides: Any) -> nn.Module:
+    """Build a BiFormer variant in eval mode, optionally loading a checkpoint.
+
+    Args:
+        name: ``biformer_tiny``, ``biformer_small`` or ``biformer_base``.
+        weights: path of a checkpoint: a raw state dict, ``{"model": ...}``, ``{"model_ema": ...}``
+            or a ``backbone.``-prefixed dense-task checkpoint. Loaded with ``weights_only=True``.
+        **overrides: official constructor arguments replacing the variant's (``depth``,
+            ``embed_dim``, ``qk_dims``, ``mlp_ratios``, ``n_win``, ``topks``, ``head_dim``,
+            ``num_classes``, ``auto_pad``, ...), and ``gather_mode`` (``"index"`` or ``"expand"``).
+
+    Returns:
+        The model, in eval mode, on the CPU.
+    """
+    config = model_config(name, **overrides)
+    try:
+        model = BiFormer(**config)
+    except (ValueError, TypeError, ZeroDivisionError) as err:  # e.g. --arch depth=2, head_dim=0
+        raise EdgeBiformerError(f"cannot build {name} with {overrides or 'its defaults'}: {err}") from None
+    if weights is not None:
+        load_weights(model, weights, variant=name if not overrides else f"{name} with {overrides}")
+    model.config = config  # type: ignore[assignment]
+    model.variant = name  # type: ignore[assignment]
+    return model.eval()

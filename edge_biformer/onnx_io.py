@@ -1,0 +1,203 @@
+"""ONNX files in one place: loading with clear errors, atomic saving with provenance, and inspection.
+
+Every stage and command reads and writes graphs through this module, so a missing, empty,
+truncated or invalid file gives the same one-paragraph error everywhere, every written graph
+carries its provenance in ``metadata_props`` (see :mod:`edge_biformer.manifest`), and questions
+about a graph (what kind of graph is it, what is its image input) have one answer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.ops import find_op
+from edge_biformer.utils import atomic_output
+
+__all__ = [
+    "GRAPH_KINDS",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "TensorInfo",
+    "graph_inputs",
+    "graph_kind",
+    "image_size",
+    "load_model",
+    "metadata",
+    "save_model",
+]
+
+#: The interface of the graphs ``edge-biformer export`` writes: one image input, one output.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: What a graph holds: ``plugin`` (custom ops of the rewrite), ``qdq`` (INT8 Q/DQ), ``fp16``
+#: (float16 compute) or ``plain`` (a float32 export).
+GRAPH_KINDS = ("plain", "fp16", "qdq", "plugin")
+#: Prefix of the provenance keys in ``metadata_props``.
+METADATA_PREFIX = "edge_biformer."
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    check: bool = True,
+    load_external_data: bool = True,
+    error: type[EdgeBiformerError] = EdgeBiformerError,
+) -> onnx.ModelProto:
+    """Load an ONNX file; one clear ``error`` for missing, empty, truncated, non-ONNX or invalid files."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such file; give the path of an .onnx file (edge-biformer export writes one)")
+    if path.is_dir():
+        raise error(f"{path} is a directory; give the path of an .onnx file")
+    if path.stat().st_size == 0:
+        raise error(f"{path} is empty (0 bytes); export the model again")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as err:
+        raise error(
+            f"{path} is not a readable ONNX model ({_first_line(err)}); the file is probably truncated or "
+            "not ONNX: export it again or copy it completely"
+        ) from err
+    if not model.graph.node:
+        raise error(
+            f"{path} has no graph nodes: it is not an ONNX model (or it is truncated); export it again"
+        )
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as err:
+            raise error(
+                f"{path} is not a valid ONNX model ({_first_line(err)}); export it again or fix the graph "
+                "first"
+            ) from err
+    return model
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    provenance: Mapping[str, str] | None = None,
+    check: bool = False,
+    error: type[EdgeBiformerError] = EdgeBiformerError,
+) -> Path:
+    """Write ``model`` atomically (nothing half-written is left on failure); return the path.
+
+    ``provenance`` becomes ``metadata_props`` entries ``edge_biformer.<key>`` (replacing earlier
+    ones), so the graph tells where it comes from even without its side-car manifest. ``check``
+    runs ``onnx.checker`` on the written file.
+    """
+    if provenance:
+        stamp(model, provenance)
+    with atomic_output(path, suffix=".onnx") as tmp:
+        try:
+            onnx.save(model, str(tmp))
+        except ValueError as err:  # > 2 GB protobuf
+            raise error(
+                f"{path}: the graph is too large for one ONNX file ({err}); graphs over 2 GB are not "
+                "supported"
+            ) from err
+        if check:
+            onnx.checker.check_model(str(tmp))
+    return Path(path)
+
+
+def stamp(model: onnx.ModelProto, provenance: Mapping[str, str]) -> None:
+    """Set ``metadata_props`` ``edge_biformer.<key> = value`` on ``model`` (in place)."""
+    keys = {METADATA_PREFIX + k for k in provenance}
+    kept = [p for p in model.metadata_props if p.key not in keys]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in provenance.items():
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=str(value))
+
+
+def metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, str]:
+    """The ``edge_biformer.*`` provenance entries of a graph (without the prefix)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    n = len(METADATA_PREFIX)
+    return {p.key[n:]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
+
+
+def graph_kind(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
+    """``plugin`` (already rewritten), ``qdq`` (quantized), ``fp16`` (converted) or ``plain``."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    if any(find_op(n) is not None for n in model.graph.node):
+        return "plugin"
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        return "qdq"
+    if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "plain"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: name, element type and dims (``int``, a ``str`` name, or ``None``)."""
+
+    name: str
+    elem_type: int
+    dims: tuple[int | str | None, ...]
+
+    @property
+    def static(self) -> bool:
+        """Whether every dim is a known positive integer."""
+        return all(isinstance(d, int) and d > 0 for d in self.dims)
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
+    out: list[int | str | None] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(int(d.dim_value))
+        else:
+            out.append(d.dim_param or None)
+    return tuple(out)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    """The inputs a caller feeds (initializers listed as inputs by old exporters are left out)."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [
+        TensorInfo(i.name, i.type.tensor_type.elem_type, _dims(i))
+        for i in model.graph.input
+        if i.name not in initializers
+    ]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    """The graph outputs."""
+    return [TensorInfo(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output]
+
+
+def image_size(
+    path: str | os.PathLike[str], error: type[EdgeBiformerError] = EdgeBiformerError
+) -> tuple[int, int] | None:
+    """Static (H, W) of the graph's image input ``N x C x H x W``, or ``None`` if H or W is dynamic."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise error(f"cannot read the ONNX model {path}: {err}") from None
+    inputs = graph_inputs(model)
+    if not inputs:
+        raise error(f"{path} has no graph inputs; export the model again")
+    dims = inputs[0].dims
+    if len(dims) != 4:
+        raise error(f"{path}: expected an N x 3 x H x W image input, got rank {len(dims)}")
+    h, w = dims[2], dims[3]
+    return (h, w) if isinstance(h, int) and isinstance(w, int) else None

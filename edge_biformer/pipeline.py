@@ -1,0 +1,360 @@
+"""``edge-biformer build``: the stages of :data:`edge_biformer.stages.STAGES`, one after the other.
+
+:func:`run` is a short loop over :func:`edge_biformer.stages.plan`: each step fills the source and
+output of its stage's options (:class:`BuildOptions` holds one options object per stage) and calls
+that stage's ``run()``, the very function its own subcommand calls. Every stage writes its
+artifact (and its side-car manifest) atomically into the output directory, so an interrupted run
+leaves only complete files, and no ``manifest.json``, which is written last. Where TensorRT is
+absent the engine stage prints the commands that finish the build on the target.
+
+Output directory (``precision`` = fp32 | fp16 | int8)::
+
+    model.onnx                      plain export (float32), verified against PyTorch
+    model.<precision>.onnx          fp16: mixed FP16; int8: Q/DQ (calibrated on the CPU)
+    model.<precision>.plugin.onnx   BRA blocks rewritten to the TensorRT plugin op
+    model.<precision>.engine        TensorRT plan (only where TensorRT and a GPU are present)
+    model.int8.calib.cache          INT8 activation ranges (TensorRT cache format), reused
+    *.manifest.json                 the side-car manifest of each artifact
+    check/inputs.json               Polygraphy input JSON (the check inputs)
+    check/reference.json            Polygraphy RunResults of FP32 PyTorch
+    report.md, report.json          accuracy check
+    manifest.json                   what was built, from what, with which tools
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edge_biformer import check, engine, export, quantize, rewrite, stages
+from edge_biformer import manifest as manifests
+from edge_biformer.calib import DataSpec, load_data
+from edge_biformer.check import TOLERANCES
+from edge_biformer.check.report import CheckReport
+from edge_biformer.check.stage import CheckOptions
+from edge_biformer.engine.options import EngineOptions
+from edge_biformer.engine.stage import PLUGIN_LIBRARY_NAME
+from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.export import ExportOptions
+from edge_biformer.onnx_io import INPUT_NAME, graph_kind, image_size
+from edge_biformer.quantize.stage import QuantizeOptions
+from edge_biformer.rewrite.stage import RewriteOptions
+from edge_biformer.utils import log, sha256_file
+
+__all__ = ["BuildOptions", "BuildResult", "run"]
+
+
+@dataclass
+class BuildOptions:
+    """A build: the precision, the output directory, where to start, and one options object per stage.
+
+    Start from PyTorch (``export`` names the model) or from ``from_onnx`` (a plain export, a quantized
+    or a rewritten graph). ``rewrite``/``check`` ``None`` skip those stages. The pipeline fills each
+    stage's source and output; ``quantize.calib`` and ``check.data`` may be
+    :class:`edge_biformer.calib.DataSpec` (loaded at the graph's input size, once).
+    """
+
+    precision: str
+    output: Path
+    engine: EngineOptions
+    export: ExportOptions | None = None
+    from_onnx: Path | None = None
+    img_size: tuple[int, int] | None = None
+    quantize: QuantizeOptions | None = None
+    rewrite: RewriteOptions | None = field(default_factory=RewriteOptions)
+    check: CheckOptions | None = None
+
+
+@dataclass
+class BuildResult:
+    """Paths and facts of a finished build."""
+
+    manifest: dict[str, Any]
+    manifest_path: Path
+    report: CheckReport | None = None
+
+    @property
+    def check_passed(self) -> bool:
+        """True when there was no check or it passed."""
+        return self.report is None or self.report.passed
+
+
+@dataclass
+class _Build:
+    """What the steps share: the options, the manifest being written, the current artifact."""
+
+    options: BuildOptions
+    manifest: dict[str, Any]
+    current: Path | None = None
+    kind: str | None = None
+    model: Any = None
+    img_size: tuple[int, int] | None = None
+    calib: Any = None
+    check_data: Any = None
+    report: CheckReport | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.options.output
+
+    def artifact(self, stage_name: str) -> Path:
+        return self.out / stages.artifact_name(stage_name, self.options.precision)
+
+    def record(self, key: str, path: Path) -> None:
+        self.manifest["artifacts"][key] = path.name if path.parent == self.out else str(path)
+
+
+def _export(b: _Build) -> None:
+    opts = replace(b.options.export, output=b.artifact("export"), img_size=b.img_size)
+    b.model = b.model or export.build_model(opts)
+    result = export.run(opts, model=b.model)
+    b.manifest["config"] = getattr(b.model, "config", None)
+    b.manifest["stages"]["export"] = {
+        "path": Path(result.path).name,
+        "opset": result.opset,
+        "verification": result.verification_record(),
+    }
+    b.record("onnx", Path(result.path))
+    b.current, b.kind = Path(result.path), "plain"
+
+
+def _quantize(b: _Build) -> None:
+    p = b.options.precision
+    template = b.options.quantize or QuantizeOptions(p)
+    cache = template.cache or (b.out / "model.int8.calib.cache" if p == "int8" else None)
+    opts = replace(
+        template, precision=p, source=b.current, output=b.artifact("quantize"), calib=b.calib, cache=cache
+    )
+    result = quantize.run(opts)
+    b.manifest["stages"]["quantize"] = result.to_dict()
+    b.record("quantized", opts.output)
+    if p == "int8" and cache is not None:
+        b.record("calib_cache", Path(cache))
+    b.current, b.kind = opts.output, stages.PRECISIONS[p].graph
+
+
+def _rewrite(b: _Build) -> None:
+    assert b.options.rewrite is not None
+    verify = b.options.rewrite.verify and b.kind == "plain"
+    opts = replace(
+        b.options.rewrite,
+        source=b.current,
+        output=b.artifact("rewrite"),
+        verify=verify,
+        unverified_reason=None if verify or not b.options.rewrite.verify else _UNVERIFIED,
+    )
+    report = rewrite.run(opts)
+    b.manifest["stages"]["rewrite"] = {
+        "blocks": len(report.blocks),
+        "output": str(opts.output),
+        "verified": verify,
+    }
+    b.record("plugin_onnx", opts.output)
+    b.current, b.kind = opts.output, "plugin"
+
+
+#: Why the build does not run the rewrite's own comparison on FP16/INT8 graphs.
+_UNVERIFIED = (
+    "in FP16 and INT8 graphs the original attention runs in float16 in onnxruntime while the plugin op "
+    "computes in float32, so a whole-graph difference would measure the original's float16 error, not the "
+    "rewrite; the accuracy check below judges these graphs against FP32 PyTorch"
+)
+
+
+def _engine(b: _Build) -> None:
+    p = b.options.precision
+    opts = replace(
+        b.options.engine, precision=p, img_size=b.img_size, source=b.current, output=b.artifact("engine")
+    )
+    opts.calib = b.calib if opts.implicit_int8 else None
+    record = engine.run(opts)
+    b.manifest["plugin_library"] = record.plugin_library
+    b.manifest["engine"] = {**record.to_manifest(), "build_command": _target_build_command(b, record)}
+    if record.built:
+        b.record("engine", Path(record.path))
+        return
+    if opts.implicit_int8:
+        # trtexec has no calibrator of its own data: without our cache it would calibrate on noise.
+        log("build it on the target GPU with (it calibrates there and writes the calibration cache):")
+        print(f"  {b.manifest['engine']['build_command']}", flush=True)
+        log("later builds can reuse that cache with trtexec:")
+    else:
+        log("build it on the target GPU with either of:")
+        print(f"  {b.manifest['engine']['build_command']}", flush=True)
+    print(f"  {record.trtexec}", flush=True)
+
+
+def _check(b: _Build) -> None:
+    assert b.options.check is not None
+    saved = (b.out / "check" / "reference.json").is_file()
+    if b.model is None and not b.manifest.get("model") and not saved:
+        reason = (
+            f"no PyTorch reference for {b.options.from_onnx}: its export named no checkpoint (random "
+            "weights, or no <name>.manifest.json beside it) and this folder holds no saved "
+            "check/reference.json. Export with --weights (or build with --model/--weights) to get an "
+            "accuracy check"
+        )
+        log(f"check skipped: {reason}")
+        b.manifest["check"] = {"skipped": reason}
+        return
+    opts = replace(b.options.check, outdir=b.out, data=b.check_data, model=b.model)
+    b.report = check.run(opts, b.manifest)
+
+
+#: One step per stage of :data:`edge_biformer.stages.STAGES`: fill its options, call its ``run()``.
+_STEPS: dict[str, Callable[[_Build], None]] = {
+    "export": _export,
+    "quantize": _quantize,
+    "rewrite": _rewrite,
+    "engine": _engine,
+    "check": _check,
+}
+
+
+def _target_build_command(b: _Build, record: Any) -> str:
+    """The ``edge-biformer build --from-onnx`` line that finishes this build on the target."""
+    o, e = b.options, b.options.engine
+    args = ["edge-biformer", "build", "--from-onnx", str(b.current), "--precision", o.precision]
+    args += ["--batch", f"{e.batch.min},{e.batch.opt},{e.batch.max}", "--output", str(o.output)]
+    args += ["--plugin-library", record.plugin_library["path"] or f"/path/to/{PLUGIN_LIBRARY_NAME}"]
+    if e.workspace_mib:
+        args += ["--workspace", str(e.workspace_mib)]
+    if e.opt_level is not None:
+        args += ["--opt-level", str(e.opt_level)]
+    if e.dla_core is not None:
+        args += ["--dla-core", str(e.dla_core)]
+    if e.implicit_int8:
+        # The implicit calibrator runs on the target: it needs the images there too.
+        source = getattr(b.calib, "source", None)
+        args += ["--int8-mode", "calibrator", "--calib-data", str(source or "/path/to/calibration/images")]
+    return shlex.join(args)
+
+
+def _start_from_onnx(b: _Build) -> None:
+    """Take ``--from-onnx``: its kind must fit the precision; its export manifest names the model."""
+    source = Path(b.options.from_onnx)  # type: ignore[arg-type]
+    if not source.is_file():
+        raise EdgeBiformerError(f"--from-onnx {source} does not exist")
+    kind = graph_kind(source)
+    expected = {"qdq": "int8", "fp16": "fp16"}.get(kind)
+    if expected and b.options.precision != expected:
+        raise EdgeBiformerError(
+            f"--from-onnx {source} is already a {kind} graph, which fits --precision {expected}, "
+            f"not {b.options.precision}: start from the plain export (model.onnx) to build "
+            f"{b.options.precision}"
+        )
+    b.current, b.kind = source, kind
+    b.manifest["from_onnx"] = {"path": str(source), "sha256": sha256_file(source), "graph": kind}
+    b.manifest["source"] = manifests.source_record(source)
+    fields = manifests.model_fields(b.manifest["source"]["manifest"])
+    # Random weights (no --weights at export) cannot be rebuilt, and a moved checkpoint is not at
+    # hand: the reference would not be the exported model, so the check asks for --model/--weights.
+    if fields.get("weights") and Path(fields["weights"]).is_file():
+        b.manifest.update(fields)
+        log(
+            f"from-onnx: model {fields['model']} and its weights taken from {manifests.manifest_path(source)}"
+        )
+    b.img_size = image_size(source) or b.options.img_size
+    if kind == "plain":
+        b.record("onnx", source)
+    elif kind == "plugin":  # checked in cpu_session like a graph this build rewrote
+        b.manifest["artifacts"]["plugin_onnx"] = str(source.resolve())
+    else:
+        b.manifest["artifacts"]["quantized"] = str(source.resolve())
+    log(f"from-onnx {source}: {kind} graph")
+
+
+def _load_data(b: _Build, plan: list[stages.Stage]) -> None:
+    """The calibration and check data, loaded once at the input size (the check may reuse the first)."""
+    o = b.options
+    quantizes_int8 = o.precision == "int8" and (
+        any(s.name == "quantize" for s in plan) or o.engine.int8_mode == "calibrator"
+    )
+    spec = o.quantize.calib if o.quantize is not None else None
+    if quantizes_int8 and spec is None:
+        raise EdgeBiformerError(
+            "--precision int8 needs calibration data: pass --calib-data with a folder of a few "
+            "hundred representative images (or a .txt list / .npy of preprocessed tensors)"
+        )
+    if isinstance(spec, DataSpec):
+        b.calib = load_data(spec, b.img_size, "calibration data")  # type: ignore[arg-type]
+    else:
+        b.calib = spec
+    if b.calib is not None:
+        b.manifest["calibration"] = b.calib.summary()
+    check = o.check
+    data = check.data if check is not None else None
+    if isinstance(data, DataSpec):
+        data = load_data(data, b.img_size, "check data", batch_size=o.engine.batch.opt)  # type: ignore[arg-type]
+    saved_reference = o.from_onnx is not None and (o.output / "check" / "reference.json").is_file()
+    if data is None and b.calib is not None and not saved_reference and check is not None:
+        data = b.calib
+        log("check: using the calibration images as check inputs (pass --eval-data for held-out images)")
+    b.check_data = data
+
+
+def run(options: BuildOptions, model: Any = None) -> BuildResult:
+    """Run the stages for ``options``; returns the manifest and the check report.
+
+    ``model``: an already built FP32 PyTorch module to export (instead of ``options.export.model``).
+    """
+    if options.precision not in stages.PRECISIONS:
+        raise EdgeBiformerError(f"--precision must be one of {', '.join(stages.PRECISIONS)}")
+    if (options.export is None) == (options.from_onnx is None):
+        raise EdgeBiformerError(
+            "build needs --model NAME (with --weights PATH) or --from-onnx PATH, not both"
+        )
+    out = Path(options.output)
+    if out.exists() and not out.is_dir():
+        raise EdgeBiformerError(f"--output {out} is a file; give a directory for the build artifacts")
+    if options.export is not None and options.export.weights:
+        from edge_biformer.models.checkpoint import require_checkpoint_file
+
+        require_checkpoint_file(options.export.weights)  # before anything is created or hashed
+    b = _Build(options, {"precision": options.precision, "artifacts": {}, "stages": {}}, model=model)
+    if options.export is not None:
+        weights = options.export.weights
+        b.manifest.update(
+            model=options.export.model,
+            config=None,
+            weights=str(Path(weights).resolve()) if weights else None,
+            weights_sha256=sha256_file(weights) if weights else None,
+        )
+        b.img_size = options.img_size or options.export.img_size
+        start = None
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _start_from_onnx(b)
+        start = b.kind
+    if b.img_size is None:
+        raise EdgeBiformerError(f"{options.from_onnx} has a dynamic H/W input: pass --img-size")
+    plan = stages.plan(
+        options.precision,
+        start,
+        quantize=options.engine.int8_mode != "calibrator",
+        rewrite=options.rewrite is not None and start != "plugin",
+        check=options.check is not None,
+    )
+    _load_data(b, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    batch = options.engine.batch
+    b.manifest["img_size"] = list(b.img_size)
+    b.manifest["profile"] = {**asdict(batch), "shapes": batch.shapes(b.img_size)}
+    b.manifest["input"] = {"name": INPUT_NAME, "dtype": "float32", "shape": ["N", 3, *b.img_size]}
+    b.manifest["tolerances"] = {p.name: TOLERANCES[p.tolerance].to_dict() for p in stages.PRECISIONS.values()}
+    for step in plan:
+        _STEPS[step.name](b)
+    manifest = manifests.make_manifest(
+        out,
+        kind="build",
+        stage="build",
+        model={k: b.manifest.pop(k, None) for k in manifests.MODEL_FIELDS},
+        source=b.manifest.pop("source", None),
+        options=options,
+        **b.manifest,
+    )
+    path = manifests.write_manifest(out / "manifest.json", manifest)
+    return BuildResult(manifest=manifest, manifest_path=path, report=b.report)

@@ -1,0 +1,271 @@
+"""Numerical checks of a rewrite: each matched block on real activations, and the whole graph.
+
+* :func:`check_blocks` runs the *original* graph once in onnxruntime with the matched q/k/v
+  sources, TopK indices and attention outputs as extra outputs, and compares each block's
+  attention output with the op's reference (:func:`edge_biformer.ops.bra.routed_attention_reference`)
+  computed from those activations. A block whose matched subgraph computes something else (an
+  unusual layout, a different head split...) fails here and is reported, instead of being replaced
+  by a node that would compute something different.
+* :func:`check_graph` compares the graph outputs of the original (onnxruntime) and the rewritten
+  graph (:func:`edge_biformer.cpu_session`) on the same inputs.
+
+Both judge with :func:`edge_biformer.check.compare` and the ``rewrite.*`` entries of the tolerance table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from edge_biformer.check import Comparison, compare
+from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.rewrite.graph import GraphInfo
+from edge_biformer.rewrite.match import BraMatch
+from edge_biformer.rewrite.trace import Source
+
+__all__ = [
+    "BlockCheck",
+    "GraphCheck",
+    "bypass_qdq",
+    "check_blocks",
+    "check_graph",
+    "make_feeds",
+    "run_with_taps",
+    "tolerance_name",
+]
+
+
+def tolerance_name(kind: str, reduced: bool) -> str:
+    """The tolerance entry of a ``block`` or ``graph`` check (float16 attentions get the reduced one)."""
+    return f"rewrite.{kind}.{'float16' if reduced else 'float32'}"
+
+
+@dataclass
+class BlockCheck:
+    """One block's attention output (original graph) against the op's reference on the same activations."""
+
+    index: int
+    comparison: Comparison
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.comparison.max_abs_diff
+
+    @property
+    def max_rel_diff(self) -> float:
+        return self.comparison.max_rel_diff
+
+    @property
+    def tolerance(self) -> float:
+        """The bound on the max relative difference."""
+        return self.comparison.limits["max_rel"]
+
+
+@dataclass
+class GraphCheck:
+    """The rewritten graph's outputs against the original graph's, on inputs of ``input_shapes``."""
+
+    input_shapes: dict[str, list[int]]
+    comparison: Comparison
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.comparison.max_abs_diff
+
+    @property
+    def max_rel_diff(self) -> float:
+        return self.comparison.max_rel_diff
+
+    @property
+    def tolerance(self) -> float:
+        """The bound on the max relative difference."""
+        return self.comparison.limits["max_rel"]
+
+    def to_dict(self) -> dict:
+        """The rewrite manifest's ``verification`` record."""
+        return {
+            "input_shapes": self.input_shapes,
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "outputs": self.comparison.outputs,
+        }
+
+
+def _np_type(elem_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def make_feeds(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    default_side: int,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs for every graph input.
+
+    Static dims are kept; ``input_shapes`` overrides whole shapes by input name; otherwise a
+    dynamic first dim becomes 2 (the batch) and any other dynamic dim ``default_side``.
+
+    Raises:
+        EdgeBiformerError: an input of a type we cannot invent values for, or an unknown name.
+    """
+    from edge_biformer.onnx_io import graph_inputs
+
+    input_shapes = dict(input_shapes or {})
+    inputs = graph_inputs(model)
+    unknown = sorted(set(input_shapes) - {i.name for i in inputs})
+    if unknown:
+        raise EdgeBiformerError(
+            f"--input-shape names {', '.join(unknown)}, but the graph's inputs are "
+            f"{', '.join(i.name for i in inputs)}"
+        )
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for info in inputs:
+        if info.name in input_shapes:
+            shape = [int(d) for d in input_shapes[info.name]]
+        else:
+            shape = [
+                d if isinstance(d, int) else (2 if axis == 0 else default_side)
+                for axis, d in enumerate(info.dims)
+            ]
+        if info.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
+            feeds[info.name] = rng.standard_normal(shape).astype(_np_type(info.elem_type))
+        else:
+            raise EdgeBiformerError(
+                f"graph input '{info.name}' is of type {TensorProto.DataType.Name(info.elem_type)}; the "
+                "verification can only invent float inputs. Run with --no-verify"
+            )
+    return feeds
+
+
+def bypass_qdq(model: onnx.ModelProto, uses: Sequence[tuple[str, str, str]]) -> onnx.ModelProto:
+    """A copy of ``model`` in which the given readers of Q/DQ pairs read the unquantized tensor.
+
+    ``uses`` holds ``(Q input, DQ output, first output of the reading node)``: exactly the Q/DQ
+    pairs inside the replaced attentions, which the rewrite removes (the op computes in float).
+    Other readers of the same pairs (routing, LCE) keep reading the DQ output, as in the rewrite.
+    """
+    if not uses:
+        return model
+    rewire: dict[str, dict[str, str]] = {}
+    for q_in, dq_out, reader in uses:
+        rewire.setdefault(reader, {})[dq_out] = q_in
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        mapping = rewire.get(node.output[0]) if node.output else None
+        if mapping:
+            for i, name in enumerate(node.input):
+                if name in mapping:
+                    node.input[i] = mapping[name]
+    return copy
+
+
+def run_with_taps(
+    model: onnx.ModelProto,
+    taps: Sequence[str],
+    feeds: Mapping[str, np.ndarray],
+    info: GraphInfo,
+) -> dict[str, np.ndarray]:
+    """Run ``model`` in onnxruntime (CPU) with the tensors ``taps`` as extra outputs."""
+    import onnxruntime as ort
+
+    from edge_biformer.runtime.cpu import session_options
+
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    present = {o.name for o in tapped.graph.output}
+    for name in dict.fromkeys(taps):
+        if name in present:
+            continue
+        elem_type = info.elem_types.get(name, TensorProto.UNDEFINED)
+        tapped.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+        present.add(name)
+    session = ort.InferenceSession(
+        tapped.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, dict(feeds))
+    return dict(zip(names, values, strict=True))
+
+
+def _op_input(value: np.ndarray, source: Source, n_win: int) -> np.ndarray:
+    """What the plugin node will read: the channel range, as an NHWC map."""
+    x = value[..., source.start : source.stop]
+    if source.form == "regions":
+        n, regions, h, w, c = x.shape
+        if regions != n_win * n_win:
+            raise ValueError(f"region tensor has {regions} regions, expected {n_win * n_win}")
+        x = (
+            x.reshape(n, n_win, n_win, h, w, c)
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(n, n_win * h, n_win * w, c)
+        )
+    return x
+
+
+def _failed(name: str, reason: str) -> Comparison:
+    result = Comparison(tolerance=name, max_abs_diff=math.inf, max_rel_diff=math.inf)
+    from edge_biformer.check import TOLERANCES
+
+    result.limits = {"max_rel": float(TOLERANCES[name].max_rel)}  # type: ignore[arg-type]
+    result.fail(reason)
+    return result
+
+
+def check_blocks(matches: Sequence[BraMatch], values: Mapping[str, np.ndarray]) -> list[BlockCheck]:
+    """Compare each block's attention output with the reference op on the tapped activations."""
+    import torch
+
+    from edge_biformer.ops.bra import routed_attention_reference
+
+    results: list[BlockCheck] = []
+    for match in matches:
+        name = tolerance_name("block", match.elem_type == TensorProto.FLOAT16)
+        try:
+            q = _op_input(values[match.q.tensor.name], match.q, match.n_win)
+            k = _op_input(values[match.k.tensor.name], match.k, match.n_win)
+            v = _op_input(values[match.v.tensor.name], match.v, match.n_win)
+            r_idx = values[match.indices.name].astype(np.int32)
+            with torch.inference_mode():
+                ref = routed_attention_reference(
+                    torch.from_numpy(np.ascontiguousarray(q)).float(),
+                    torch.from_numpy(np.ascontiguousarray(k)).float(),
+                    torch.from_numpy(np.ascontiguousarray(v)).float(),
+                    torch.from_numpy(r_idx),
+                    num_heads=match.num_heads,
+                    scale=match.scale,
+                ).numpy()
+        except (ValueError, RuntimeError) as err:
+            results.append(BlockCheck(match.index, _failed(name, f"the op reference cannot run: {err}")))
+            continue
+        actual = values[match.output.name].astype(np.float32)
+        # The op must reproduce what the original attention computed: the original is the expected side.
+        results.append(BlockCheck(match.index, compare(ref, actual, name)))
+    return results
+
+
+def check_graph(
+    expected: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    input_shapes: dict[str, list[int]],
+    reduced: bool,
+) -> GraphCheck:
+    """The rewritten graph's outputs (``actual``) against the original's, every output."""
+    return GraphCheck(input_shapes, compare(actual, expected, tolerance_name("graph", reduced)))

@@ -1,0 +1,268 @@
+"""End-to-end ``edge-biformer build`` / ``check`` on the reduced BiFormer (CPU, no TensorRT)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_biformer.cli.main import main
+from tests.reduced_model import CHECKPOINT, arch_args, export_reduced, train_script
+
+pytest.importorskip("PIL", reason="Pillow is needed for the image folders")
+
+HAS_TRT = __import__("edge_biformer.engine", fromlist=["x"]).tensorrt_available()
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shapes")
+    script = train_script()
+    return {
+        "calib": script.write_image_folder(root / "calib", "calib", 64),
+        "test": script.write_image_folder(root / "test", "test", 300),
+    }
+
+
+def _build(out: Path, precision: str, *extra: str) -> list[str]:
+    return [
+        "build", "--model", "biformer_tiny", "--weights", str(CHECKPOINT), *arch_args(), "--img-size", "48",
+        "--precision", precision, "--output", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _polygraphy() -> str:
+    exe = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+    assert Path(exe).exists(), "the polygraphy CLI (a dependency) is not installed"
+    return exe
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_fp32_fp16(precision: str, images: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    rc = main(
+        _build(out, precision, "--eval-data", str(images["test"]), "--check-num", "32", "--batch", "1,8,16")
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == precision and manifest["model"] == "biformer_tiny"
+    assert manifest["weights_sha256"] and manifest["img_size"] == [48, 48]
+    assert manifest["profile"]["shapes"]["max"] == [16, 3, 48, 48]
+    assert manifest["tolerances"][precision]["atol_frac"] > 0
+    assert manifest["versions"]["onnxruntime"] and manifest["check"]["passed"]
+    report = json.loads((out / "report.json").read_text())
+    by_kind = {c["kind"]: c for c in report["comparisons"]}
+    assert by_kind["onnxrt"]["status"] == "pass"
+    assert report["reference"]["top1_accuracy"] >= 0.95  # trained model on held-out images
+    if precision == "fp16":
+        assert (out / "model.fp16.onnx").is_file()
+        fp16 = next(c for c in report["comparisons"] if c["name"].startswith("fp16 onnx"))
+        assert fp16["status"] == "pass" and fp16["top1_agreement"] == 1.0
+    if not HAS_TRT:
+        assert not list(out.glob("*.engine")), "no fake engine without TensorRT"
+        assert by_kind["tensorrt"]["status"] == "skipped"
+        assert "edge-biformer build --from-onnx" in printed and "trtexec --onnx=" in printed
+        assert "--stronglyTyped" in printed and "--minShapes=input:1x3x48x48" in printed
+        assert manifest["engine"]["built"] is False and "TensorRT" in manifest["engine"]["reason"]
+    assert "polygraphy run" in (out / "report.md").read_text()
+    assert not _hidden(out)
+
+
+@pytest.mark.slow
+def test_int8_build_accuracy_on_trained_model(images: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """INT8 (Q/DQ, CPU calibration) of a trained model: accuracy within 1 point, agreement >= 97 %."""
+    out = tmp_path / "int8"
+    args = _build(
+        out,
+        "int8",
+        "--calib-data",
+        str(images["calib"]),
+        "--eval-data",
+        str(images["test"]),
+        "--check-num",
+        "300",
+    )
+    rc = main(args)
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads((out / "report.json").read_text())
+    ref_acc = report["reference"]["top1_accuracy"]
+    int8 = next(c for c in report["comparisons"] if c["name"].startswith("int8 onnx"))
+    summary = (
+        f"\nreduced BiFormer, {report['reference']['samples']} held-out images: FP32 top-1 {ref_acc:.2%}, "
+        f"INT8 top-1 {int8['top1_accuracy']:.2%}, top-1 agreement {int8['top1_agreement']:.2%}, "
+        f"top-5 agreement {int8['top5_agreement']:.2%}, min cosine {int8['min_cosine']:.4f}"
+    )
+    with capsys.disabled():
+        print(summary)
+    assert report["reference"]["samples"] == 300
+    assert ref_acc >= 0.95
+    assert (ref_acc - int8["top1_accuracy"]) * 100 <= 1.0
+    assert int8["top1_agreement"] >= 0.97
+    assert int8["status"] == "pass"
+    plugin = [c for c in report["comparisons"] if c["kind"] == "cpu_session"]
+    if (out / "model.int8.plugin.onnx").is_file():  # the graph rewrite is part of this installation
+        assert plugin and plugin[0]["status"] == "pass", plugin
+        assert (ref_acc - plugin[0]["top1_accuracy"]) * 100 <= 1.0 and plugin[0]["top1_agreement"] >= 0.97
+        assert "--plugins" in plugin[0]["command"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["used"] == 64 and manifest["calibration"]["sha256"]
+    assert (out / "model.int8.calib.cache").is_file()
+    q = onnx.load(str(out / "model.int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+
+    # The printed polygraphy commands run as printed and pass (those that run on the CPU).
+    commands = [c["command"] for c in report["comparisons"] if c["kind"] == "onnxrt"]
+    assert len(commands) == 2
+    for command in commands:
+        argv = command.split()
+        assert argv[0] == "polygraphy"
+        proc = subprocess.run([_polygraphy(), *argv[1:]], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "PASSED" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+    # `check` reuses the saved reference and passes again; the calibration cache is reused.
+    assert main(["check", str(out)]) == 0
+    capsys.readouterr()
+    rc = main([*args[:-2], "--check-num", "16", "--no-check"])
+    assert rc == 0
+    assert "calibration cache reused" in capsys.readouterr().out
+
+
+def test_check_fails_with_exit_1_when_an_artifact_is_wrong(
+    images: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert main(_build(out, "fp32", "--eval-data", str(images["test"]), "--check-num", "16")) == 0
+    inputs_before = (out / "check" / "inputs.json").read_bytes()
+    assert main(["check", str(out), "--recompute"]) == 0  # PyTorch again, on the saved inputs
+    assert (out / "check" / "inputs.json").read_bytes() == inputs_before
+    # Replace the export by one with other (random) weights: the check must fail, with numbers.
+    export_reduced(tmp_path / "other.onnx")
+    shutil.copyfile(tmp_path / "other.onnx", out / "model.onnx")
+    capsys.readouterr()
+    assert main(["check", str(out)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert "**FAIL**" in text and "## Failures" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+
+
+def test_check_errors(tmp_path: Path, capsys) -> None:
+    assert main(["check", str(tmp_path)]) == 2
+    assert "manifest.json does not exist" in capsys.readouterr().err
+
+
+def test_build_argument_errors(images: dict[str, Path], tmp_path: Path, capsys) -> None:
+    assert main(["build", "--precision", "fp32", "--output", str(tmp_path / "o")]) == 2
+    assert "--model NAME" in capsys.readouterr().err
+    assert main(_build(tmp_path / "o", "int8")) == 2
+    assert "needs calibration data" in capsys.readouterr().err
+    assert main(_build(tmp_path / "o", "fp32", "--batch", "8,4,16")) == 2
+    assert "MIN <= OPT <= MAX" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_build(tmp_path / "o", "int8", "--calib-data", str(empty))) == 2
+    assert "no images in" in capsys.readouterr().err
+
+
+def test_interrupted_build_leaves_no_partial_artifacts(
+    images: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    out = tmp_path / "out"
+
+    def interrupted_save(model, path, *args, **kwargs):  # writes half a file, then Ctrl-C
+        Path(path).write_bytes(b"\x08\x07partial")
+        raise KeyboardInterrupt
+
+    class OnnxWithInterruptedSave:  # the quantize stage's onnx: save is interrupted, the rest is onnx
+        save = staticmethod(interrupted_save)
+
+        def __getattr__(self, name: str):
+            return getattr(onnx, name)
+
+    import edge_biformer.quantize.fp16 as fp16_mod
+
+    monkeypatch.setattr(fp16_mod, "onnx", OnnxWithInterruptedSave())
+    rc = main(_build(out, "fp16", "--check-num", "8"))
+    monkeypatch.undo()
+    assert rc == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (out / "model.fp16.onnx").exists()
+    assert not (out / "manifest.json").exists()  # written last, only by a finished build
+    assert not _hidden(out)
+    onnx.checker.check_model(str(out / "model.onnx"))  # the finished stage is complete
+
+
+def test_from_onnx_runs_the_remaining_stages(images: dict[str, Path], tmp_path: Path, capsys) -> None:
+    exported = export_reduced(tmp_path / "plain.onnx", weights=CHECKPOINT)
+    out = tmp_path / "out"
+    rc = main(
+        ["build", "--from-onnx", str(exported), "--precision", "fp16", "--output", str(out), "--no-check"]
+    )
+    assert rc == 0, capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["from_onnx"]["graph"] == "plain" and (out / "model.fp16.onnx").is_file()
+    # Starting from the converted graph skips the conversion and keeps the saved files.
+    rc = main(
+        [
+            "build",
+            "--from-onnx",
+            str(out / "model.fp16.onnx"),
+            "--precision",
+            "fp16",
+            "-o",
+            str(out),
+            "--no-check",
+        ]
+    )
+    assert rc == 0
+    assert json.loads((out / "manifest.json").read_text())["from_onnx"]["graph"] == "fp16"
+    np.testing.assert_equal(len(_hidden(out)), 0)
+
+
+def test_from_onnx_of_an_export_checks_against_its_model(
+    images: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """The command `edge-biformer export` prints next works: the export's manifest names the model."""
+    exported = tmp_path / "reduced.onnx"
+    rc = main(
+        ["export", "--model", "biformer_tiny", "--weights", str(CHECKPOINT), *arch_args(), "--img-size", "48",
+         "--output", str(exported)]
+    )  # fmt: skip
+    assert rc == 0
+    assert f"edge-biformer build --from-onnx {exported}" in capsys.readouterr().out
+    out = tmp_path / "out"
+    rc = main(
+        ["build", "--from-onnx", str(exported), "--precision", "fp32", "--output", str(out),
+         "--eval-data", str(images["test"]), "--check-num", "16", "--batch", "1,8,8"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "biformer_tiny" and manifest["weights"] == str(CHECKPOINT.resolve())
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"]["top1_accuracy"] >= 0.95  # the trained model, not random weights
+
+
+def test_from_onnx_without_a_reference_skips_the_check(tmp_path: Path, capsys) -> None:
+    """A graph exported with random weights has no reference to rebuild: the build says so and exits 0."""
+    exported = export_reduced(tmp_path / "random.onnx")  # random weights, no side-car manifest
+    out = tmp_path / "out"
+    rc = main(["build", "--from-onnx", str(exported), "--precision", "fp32", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "check skipped: no PyTorch reference" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "skipped" in manifest["check"] and not (out / "report.md").exists()

@@ -1,0 +1,177 @@
+"""INT8 (modelopt Q/DQ, CPU calibration) and FP16 conversion of the plain export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_biformer import calib
+from edge_biformer.cli.main import main
+from tests.reduced_model import export_reduced
+
+pytest.importorskip(
+    "modelopt.onnx.quantization", reason="nvidia-modelopt (the [quant] extra) is not installed"
+)
+from edge_biformer import quantize
+from edge_biformer.quantize.calib_cache import activation_scales
+
+
+@pytest.fixture(scope="module")
+def reduced_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_reduced(tmp_path_factory.mktemp("reduced") / "reduced.onnx")
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
+
+
+def test_node_policy_keeps_routing_norms_and_attention_out_of_int8(reduced_onnx: Path) -> None:
+    model = onnx.load(str(reduced_onnx))
+    policy = quantize.node_policy(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert {ops[n] for n in policy.int8} <= {"Conv", "Gemm", "MatMul"}
+    assert sum(ops[n] == "Conv" for n in policy.int8) > 0 and sum(ops[n] == "MatMul" for n in policy.int8) > 0
+    assert not set(policy.int8) & set(policy.attention_matmuls)
+    routing_ops = {ops[n] for n in policy.routing}
+    assert {"TopK", "ReduceMean", "MatMul"} <= routing_ops
+    assert all(ops[n] in ("LayerNormalization",) or n in policy.routing for n in policy.fp32)
+    assert sum(ops[n] == "TopK" for n in policy.fp32) == 3  # three routed stages
+    excluded = quantize.node_policy(model, exclude=[r"/mlp/"])
+    assert excluded.excluded_by_user and all("/mlp/" in n for n in excluded.excluded_by_user)
+    assert len(excluded.int8) == len(policy.int8) - len(excluded.excluded_by_user)
+    with pytest.raises(quantize.QuantizationError, match="not a valid regular expression"):
+        quantize.node_policy(model, exclude=["(unclosed"])
+
+
+@pytest.mark.slow
+def test_int8_qdq_runs_in_onnxruntime_and_cache_is_reused(reduced_onnx: Path, tmp_path: Path) -> None:
+    data = calib.synthetic(16, 48, batch_size=8, seed=1)
+    cache = tmp_path / "calib.cache"
+    first = quantize.quantize_int8(reduced_onnx, tmp_path / "a.onnx", data, cache=cache)
+    assert first.qdq_pairs > 0 and not first.calib_cache_reused and cache.is_file()
+    assert cache.read_text().startswith("TRT-8501-EntropyCalibration2\n")
+    q = onnx.load(str(tmp_path / "a.onnx"))
+    ops = {n.op_type for n in q.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert q.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert q.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # Routing, LayerNorm stay FP32 inside the otherwise FP16 graph.
+    topk = next(n for n in q.graph.node if n.op_type == "TopK")
+    inferred = onnx.shape_inference.infer_shapes(q)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    assert types[topk.output[0]] == onnx.TensorProto.FLOAT
+
+    second = quantize.quantize_int8(reduced_onnx, tmp_path / "b.onnx", data, cache=cache)
+    assert second.calib_cache_reused
+    a = activation_scales(onnx.load(str(tmp_path / "a.onnx")))
+    b = activation_scales(onnx.load(str(tmp_path / "b.onnx")))
+    assert a and a.keys() == b.keys() and all(np.isclose(a[k], b[k], rtol=1e-3) for k in a)
+    # Other data -> no reuse.
+    other = quantize.quantize_int8(
+        reduced_onnx, tmp_path / "c.onnx", calib.synthetic(16, 48, batch_size=8, seed=2), cache=cache
+    )
+    assert not other.calib_cache_reused
+
+    x = calib.synthetic(4, 48, seed=3).tensors
+    ref = _run(reduced_onnx, x)
+    out = _run(tmp_path / "a.onnx", x)
+    assert out.dtype == np.float32
+    cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+    assert cos.min() > 0.95, cos
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert not leftovers
+
+
+def test_fp16_mixed_precision(reduced_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fp16.onnx"
+    result = quantize.quantize_fp16(reduced_onnx, out)
+    assert result.fp16_tensors > 0 and result.fp32_nodes >= 3
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization":
+            assert types[node.output[0]] == onnx.TensorProto.FLOAT
+        if node.op_type == "Softmax":
+            assert types[node.output[0]] == onnx.TensorProto.FLOAT16
+    x = calib.synthetic(2, 48, seed=4).tensors
+    ref, got = _run(reduced_onnx, x), _run(out, x)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-2
+
+
+def test_int8_rejects_rewritten_or_quantized_graphs(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 4, 4])
+    node = helper.make_node("BiLevelRoutingAttention", ["input"], ["logits"], domain="trt.plugins")
+    graph = helper.make_graph([node], "g", [inp], [out])
+    path = tmp_path / "plugin.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with pytest.raises(quantize.QuantizationError, match="plain export"):
+        quantize.quantize_int8(path, tmp_path / "q.onnx", calib.synthetic(2, 4))
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_calib_cache_roundtrip(tmp_path: Path) -> None:
+    scales = {"/a/b_output_0": 0.0123, "input": 0.5}
+    quantize.write_calib_cache(tmp_path / "c.cache", scales, "max")
+    assert (tmp_path / "c.cache").read_text().splitlines()[0] == "TRT-8501-MinMaxCalibration"
+    back = quantize.read_calib_cache(tmp_path / "c.cache")
+    assert back.keys() == scales.keys() and all(np.isclose(back[k], scales[k]) for k in scales)
+
+
+def test_quantize_cli_errors(reduced_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["quantize", str(reduced_onnx), "--precision", "int8", "--output", str(tmp_path / "q.onnx")])
+    assert rc == 2 and "needs calibration data" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(
+        [
+            "quantize",
+            str(reduced_onnx),
+            "--precision",
+            "int8",
+            "--calib-data",
+            str(empty),
+            "-o",
+            str(tmp_path / "q.onnx"),
+        ]
+    )
+    assert rc == 2 and "no images in" in capsys.readouterr().err
+    assert not (tmp_path / "q.onnx").exists()
+    rc = main(
+        ["quantize", str(tmp_path / "nope.onnx"), "--precision", "fp16", "-o", str(tmp_path / "q.onnx")]
+    )
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_quantize_cli_fp16(reduced_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q.fp16.onnx"
+    assert main(["quantize", str(reduced_onnx), "--precision", "fp16", "-o", str(out)]) == 0
+    assert "quantize fp16" in capsys.readouterr().out
+    onnx.checker.check_model(str(out))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_int8_rejects_converted_graphs(reduced_onnx: Path, tmp_path: Path) -> None:
+    fp16 = tmp_path / "fp16.onnx"
+    quantize.quantize_fp16(reduced_onnx, fp16)
+    with pytest.raises(quantize.QuantizationError, match="already converted to float16"):
+        quantize.quantize_int8(fp16, tmp_path / "q.onnx", calib.synthetic(2, 48))
+    qdq = tmp_path / "qdq.onnx"
+    quantize.quantize_int8(reduced_onnx, qdq, calib.synthetic(8, 48, seed=1))
+    with pytest.raises(quantize.QuantizationError, match="already quantized"):
+        quantize.quantize_int8(qdq, tmp_path / "q2.onnx", calib.synthetic(2, 48))
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q2.onnx").exists()
