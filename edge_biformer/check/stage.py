@@ -119,6 +119,27 @@ def reference_outputs(model: Any, batches: Sequence[np.ndarray]) -> list[np.ndar
         return [model(torch.from_numpy(np.ascontiguousarray(b))).float().numpy() for b in batches]
 
 
+def _result(
+    target: Target, status: str, scale: float, inputs_json: str, reference_json: str, **fields: Any
+) -> TargetResult:
+    """A row of the report, with the tolerance of the target's precision and its Polygraphy command."""
+    tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
+    assert tol.rtol is not None and tol.error_stat is not None
+    atol = tol.atol(scale)
+    return TargetResult(
+        name=target.name,
+        path=target.path,
+        precision=target.precision,
+        kind=target.kind,
+        status=status,
+        atol=atol,
+        rtol=tol.rtol,
+        check_error_stat=tol.error_stat,
+        command=polygraphy_command(target, inputs_json, reference_json, atol, tol.rtol, tol.error_stat),
+        **fields,
+    )
+
+
 def judge(
     target: Target,
     reference: Sequence[np.ndarray],
@@ -132,17 +153,12 @@ def judge(
     """Judge ``outputs`` of ``target`` against ``reference`` with the tolerance of its precision."""
     tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
     c = compare(outputs, reference, tol, labels=labels, reference_accuracy=reference_accuracy)
-    atol = tol.atol(c.expected_scale)
-    assert tol.rtol is not None and tol.error_stat is not None
-    result = TargetResult(
-        name=target.name,
-        path=target.path,
-        precision=target.precision,
-        kind=target.kind,
-        status="pass",
-        atol=atol,
-        rtol=tol.rtol,
-        check_error_stat=tol.error_stat,
+    result = _result(
+        target,
+        "pass",
+        c.expected_scale,
+        inputs_json,
+        reference_json,
         max_abs_diff=c.max_abs_diff,
         mean_abs_diff=c.mean_abs_diff,
         max_rel_diff=c.max_rel_diff,
@@ -151,13 +167,14 @@ def judge(
         top1_agreement=_number(c.top1_agreement),
         top5_agreement=_number(c.top5_agreement),
         top1_accuracy=c.top1_accuracy,
-        command=polygraphy_command(target, inputs_json, reference_json, atol, tol.rtol, tol.error_stat),
     )
-    result.polygraphy_pass = polygraphy_compare(reference, outputs, atol, tol.rtol, tol.error_stat)
+    result.polygraphy_pass = polygraphy_compare(
+        reference, outputs, result.atol, result.rtol, result.check_error_stat
+    )
     if not result.polygraphy_pass:
         result.failures.append(
-            f"polygraphy ({tol.error_stat}, atol {atol:g}, rtol {tol.rtol:g}): max abs diff "
-            f"{result.max_abs_diff:.3g}, mean abs diff {result.mean_abs_diff:.3g}"
+            f"polygraphy ({result.check_error_stat}, atol {result.atol:g}, rtol {result.rtol:g}): max abs "
+            f"diff {result.max_abs_diff:.3g}, mean abs diff {result.mean_abs_diff:.3g}"
         )
     result.failures += c.failures
     if result.failures:
@@ -167,26 +184,6 @@ def judge(
 
 def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _skipped(
-    target: Target, reason: str, scale: float, inputs_json: str, reference_json: str
-) -> TargetResult:
-    tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
-    assert tol.rtol is not None and tol.error_stat is not None
-    atol = tol.atol(scale)
-    return TargetResult(
-        name=target.name,
-        path=target.path,
-        precision=target.precision,
-        kind=target.kind,
-        status="skipped",
-        reason=reason,
-        atol=atol,
-        rtol=tol.rtol,
-        check_error_stat=tol.error_stat,
-        command=polygraphy_command(target, inputs_json, reference_json, atol, tol.rtol, tol.error_stat),
-    )
 
 
 def _slug(name: str) -> str:
@@ -228,9 +225,8 @@ def compare_targets(
         try:
             outputs = run_target(target, batches)
         except Skip as skip:
-            results.append(
-                _skipped(target, str(skip), reference_info["logit_scale"], inputs_json, reference_json)
-            )
+            scale = reference_info["logit_scale"]
+            results.append(_result(target, "skipped", scale, inputs_json, reference_json, reason=str(skip)))
             log(f"check {target.name}: skipped ({skip})")
             continue
         result = judge(

@@ -7,7 +7,7 @@ prints with the ``edge-biformer build --from-onnx`` command that finishes the jo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ def run(options: EngineOptions) -> EngineRecord:
         "found_by": found_by,
         "needed": needs_plugin,
     }
-    options.plugin_library = (lib or f"/path/to/{PLUGIN_LIBRARY_NAME}") if needs_plugin else None
+    options = replace(
+        options, plugin_library=(lib or f"/path/to/{PLUGIN_LIBRARY_NAME}") if needs_plugin else None
+    )
     if options.implicit_int8:
         options.calib_cache = options.calib_cache or str(output.with_name(f"{output.stem}.trt_calib.cache"))
         if options.calib is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -46,10 +46,9 @@ def tolerance_name(kind: str, reduced: bool) -> str:
 
 
 @dataclass
-class BlockCheck:
-    """One block's attention output (original graph) against the op's reference on the same activations."""
+class _Judged:
+    """A comparison of the rewrite, with its numbers at hand."""
 
-    index: int
     comparison: Comparison
 
     @property
@@ -71,28 +70,17 @@ class BlockCheck:
 
 
 @dataclass
-class GraphCheck:
+class BlockCheck(_Judged):
+    """One block's attention output (original graph) against the op's reference on the same activations."""
+
+    index: int = -1
+
+
+@dataclass
+class GraphCheck(_Judged):
     """The rewritten graph's outputs against the original graph's, on inputs of ``input_shapes``."""
 
-    input_shapes: dict[str, list[int]]
-    comparison: Comparison
-
-    @property
-    def passed(self) -> bool:
-        return self.comparison.passed
-
-    @property
-    def max_abs_diff(self) -> float:
-        return self.comparison.max_abs_diff
-
-    @property
-    def max_rel_diff(self) -> float:
-        return self.comparison.max_rel_diff
-
-    @property
-    def tolerance(self) -> float:
-        """The bound on the max relative difference."""
-        return self.comparison.limits["max_rel"]
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The rewrite manifest's ``verification`` record."""
@@ -253,11 +241,11 @@ def check_blocks(matches: Sequence[BraMatch], values: Mapping[str, np.ndarray]) 
                     scale=match.scale,
                 ).numpy()
         except (ValueError, RuntimeError) as err:
-            results.append(BlockCheck(match.index, _failed(name, f"the op reference cannot run: {err}")))
+            results.append(BlockCheck(_failed(name, f"the op reference cannot run: {err}"), match.index))
             continue
         actual = values[match.output.name].astype(np.float32)
         # The op must reproduce what the original attention computed: the original is the expected side.
-        results.append(BlockCheck(match.index, compare(ref, actual, name)))
+        results.append(BlockCheck(compare(ref, actual, name), match.index))
     return results
 
 
@@ -268,4 +256,4 @@ def check_graph(
     reduced: bool,
 ) -> GraphCheck:
     """The rewritten graph's outputs (``actual``) against the original's, every output."""
-    return GraphCheck(input_shapes, compare(actual, expected, tolerance_name("graph", reduced)))
+    return GraphCheck(compare(actual, expected, tolerance_name("graph", reduced)), input_shapes)

@@ -17,6 +17,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from edge_biformer.kernels import routed_attention, routed_attention_reference  # noqa: E402
+from edge_biformer.ops.bra import CONTRACT  # noqa: E402
+from edge_biformer.testing import assert_close  # noqa: E402
+from tests.bra_cases import make_inputs, region_case  # noqa: E402
 
 
 @st.composite
@@ -40,28 +43,15 @@ def cases(draw: st.DrawFn) -> dict:
 
 
 def _run(case: dict) -> None:
-    gen = torch.Generator().manual_seed(case["seed"])
-    n, s, heads, topk, dtype = case["n"], case["s"], case["heads"], case["topk"], case["dtype"]
-    (hq, wq), (hk, wk) = case["rq"], case["rk"]
-    c_qk, c_v = case["d_qk"] * heads, case["d_v"] * heads
-    q = torch.randn(n, s * hq, s * wq, c_qk, generator=gen).to(dtype)
-    k = torch.randn(n, s * hk, s * wk, c_qk, generator=gen).to(dtype)
-    v = torch.randn(n, s * hk, s * wk, c_v, generator=gen).to(dtype)
-    p2 = s * s
-    if case["pattern"] == "perm":
-        r_idx = torch.stack([torch.randperm(p2, generator=gen)[:topk] for _ in range(n * p2)])
-    elif case["pattern"] == "random":
-        r_idx = torch.randint(0, p2, (n * p2, topk), generator=gen)
-    else:
-        r_idx = torch.randint(0, p2, (n * p2, 1), generator=gen).expand(n * p2, topk)
-    r_idx = r_idx.reshape(n, p2, topk).to(torch.int32).contiguous()
+    heads, dtype = case["heads"], case["dtype"]
+    geometry = region_case(
+        case["n"], case["s"], case["rq"], case["rk"], case["d_qk"] * heads, case["d_v"] * heads, heads,
+        case["topk"], pattern=case["pattern"], scale=case["scale"],
+    )  # fmt: skip
+    q, k, v, r_idx = make_inputs(geometry, dtype, seed=case["seed"])
     o = routed_attention(q, k, v, r_idx, num_heads=heads, scale=case["scale"])
     ref = routed_attention_reference(q, k, v, r_idx, num_heads=heads, scale=case["scale"])
-    err = (o.double() - ref).abs().max().item()
-    if dtype == torch.float32:
-        assert err <= 1e-4, (case, err)
-    else:
-        assert err <= 2e-3 * ref.abs().max().item(), (case, err)
+    assert_close(o, ref, CONTRACT.tolerance(dtype), msg=str(case))
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

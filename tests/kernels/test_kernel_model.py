@@ -8,6 +8,7 @@ import torch
 import edge_biformer
 from edge_biformer.kernels import routed_attention
 from edge_biformer.models.bra import BiLevelRoutingAttention, pad_to_multiple
+from edge_biformer.testing import assert_close
 from tests.conftest import REFERENCE_DIR, SMALL_W7
 
 
@@ -47,4 +48,4 @@ def test_kernel_matches_model_bra(golden, overrides, size) -> None:
             expected = attn.routed_attention(q, k, v, r_idx)
             fused = routed_attention(q, k, v, r_idx.int(), num_heads=attn.num_heads, scale=attn.scale)
         assert fused.shape == expected.shape
-        assert (fused - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max().item())
+        assert_close(fused, expected, max_abs=1e-4 * max(1.0, expected.abs().max().item()))

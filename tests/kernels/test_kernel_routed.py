@@ -15,6 +15,7 @@ import sys
 import textwrap
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,20 +37,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _inputs(
-    *,
-    n: int,
-    s: int,
-    rq: tuple[int, int],
-    rk: tuple[int, int],
-    c_qk: int,
-    c_v: int,
-    topk: int,
-    dtype: torch.dtype,
-    pattern: str = "perm",
-    seed: int = 0,
+    *, dtype: torch.dtype, pattern: str = "perm", seed: int = 0, heads: int = 1, **regions: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    case = region_case(n, s, rq, rk, c_qk, c_v, 1, topk, pattern=pattern)
-    return make_inputs(case, dtype, seed=seed)
+    """Inputs of :func:`tests.bra_cases.region_case` geometry (``n, s, rq, rk, c_qk, c_v, topk``)."""
+    return make_inputs(region_case(heads=heads, pattern=pattern, **regions), dtype, seed=seed)
 
 
 def assert_close_to_contract(o: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
@@ -157,9 +148,8 @@ def test_kernel_under_triton_interpret_env() -> None:
         r = torch.randint(0, 4, (2, 4, 3), generator=g, dtype=torch.int32)
         o = routed_attention(q, k, v, r, num_heads=2, scale=0.25)
         ref = routed_attention_reference(q, k, v, r, num_heads=2, scale=0.25)
-        err = (o.double() - ref).abs().max().item()
-        assert err < 1e-5, err
-        print("ok", err)
+        from edge_biformer.testing import assert_close
+        print("ok", assert_close(o, ref, max_abs=1e-5).max_abs_diff)
         """
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
