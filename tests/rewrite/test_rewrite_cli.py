@@ -148,3 +148,15 @@ def test_command_is_registered() -> None:
         check=True,
     )
     assert "--allow-none" in result.stdout and "--skip-partial" in result.stdout
+
+
+def test_old_module_name_still_imports_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("edge_biformer.surgery", None)
+    with pytest.warns(DeprecationWarning, match="edge_biformer.rewrite"):
+        surgery = importlib.import_module("edge_biformer.surgery")
+    from edge_biformer.rewrite import rewrite_onnx
+
+    assert surgery.rewrite_onnx is rewrite_onnx
