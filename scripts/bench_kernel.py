@@ -199,7 +199,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-SECTION_HEADING = "## Routed-attention kernel (issue 4)"
+SECTION_HEADING = "## Routed-attention kernel"
 
 
 def write_section(path: Path, section: str) -> None:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_biformer.ops.bra import routed_attention_reference
+from edge_biformer.ops.bra import CONTRACT, routed_attention_reference
 from edge_biformer.testing import assert_close
 from tests import bra_cases
 from tests.bra_cases import naive_reference as contract_direct
@@ -50,7 +50,7 @@ def test_float16_within_contract_tolerance(n, s, hq, wq, hk, wk, c_qk, c_v, head
     expected = contract_direct(q, k, v, r_idx, heads, 0.3)  # from the float16 values, in float64
     out = routed_attention_reference(q, k, v, r_idx, num_heads=heads, scale=0.3)
     assert out.dtype == torch.float16
-    assert_close(out, expected, max_rel=2e-3)
+    assert_close(out, expected, CONTRACT.tolerance("float16"))
 
 
 def test_chunking_does_not_change_the_result() -> None:
