@@ -27,6 +27,7 @@ __all__ = [
     "TensorInfo",
     "graph_inputs",
     "graph_kind",
+    "graph_precision",
     "image_size",
     "load_model",
     "metadata",
@@ -144,6 +145,20 @@ def graph_kind(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
     if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):
         return "fp16"
     return "plain"
+
+
+def graph_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
+    """The precision a graph was converted to, plugin nodes or not: ``int8`` (Q/DQ), ``fp16`` or ``fp32``."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    graph = model.graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
+    if any(i.data_type == TensorProto.FLOAT16 for i in graph.initializer) or any(
+        v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in (*graph.input, *graph.value_info)
+    ):
+        return "fp16"
+    return "fp32"
 
 
 @dataclass(frozen=True)

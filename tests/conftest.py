@@ -58,3 +58,13 @@ def golden() -> dict[str, np.ndarray]:
     """Input ``x`` and official logits ``y`` of ``official_small_w7``."""
     data = np.load(REFERENCE_DIR / "official_small_w7.golden.npz")
     return {"x": data["x"], "y": data["y"]}
+
+
+def polygraphy_exe() -> str:
+    """The polygraphy CLI of this environment (a dependency)."""
+    import shutil
+    import sys
+
+    exe = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+    assert Path(exe).exists(), "the polygraphy CLI (a dependency) is not installed"
+    return exe

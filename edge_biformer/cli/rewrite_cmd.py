@@ -40,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     source = Path(args.input)
     output = check_onnx_output(args.output, source)
-    rewrite.run(RewriteArgs.options(args, source, output))
+    report = rewrite.run(RewriteArgs.options(args, source, output))
     log("next:")
-    print(f"  edge-biformer build --from-onnx {output} --precision fp32 --output {output.stem}_engine")
+    build = f"edge-biformer build --from-onnx {output} --precision {report.precision}"
+    print(f"  {build} --output {output.stem}_engine")
     print(
         f"  trtexec --onnx={output} --stronglyTyped "
         "--plugins=<libedge_biformer_plugins.so from scripts/build_plugins.sh>  # on the target GPU"

@@ -31,6 +31,7 @@ from edge_biformer.rewrite.trace import Source
 __all__ = [
     "BlockCheck",
     "GraphCheck",
+    "bypass_fake_quant",
     "bypass_qdq",
     "check_blocks",
     "check_graph",
@@ -78,20 +79,53 @@ class BlockCheck(_Judged):
 
 @dataclass
 class GraphCheck(_Judged):
-    """The rewritten graph's outputs against the original graph's, on inputs of ``input_shapes``."""
+    """The rewritten graph's outputs against the original graph's, on inputs of ``input_shapes``.
+
+    In a graph with Q/DQ pairs the judged comparison runs both graphs with fake quantization off
+    (``fake_quant_bypassed`` pairs bypassed on each side): INT8 rounding would otherwise turn the
+    op's float32-versus-float16 difference (~4e-4 of a block's output) into whole quantization
+    steps downstream, a few percent of the logits, and hide a real wiring error in that noise.
+    ``quantized`` is the comparison with fake quantization on, reported (the build's accuracy
+    check judges the quantized artifacts against FP32 PyTorch with the int8 tolerance).
+    """
 
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    fake_quant_bypassed: int = 0
+    quantized: Comparison | None = None
 
     def to_dict(self) -> dict:
         """The rewrite manifest's ``verification`` record."""
-        return {
+        record = {
             "input_shapes": self.input_shapes,
             "max_abs_diff": self.max_abs_diff,
             "max_rel_diff": self.max_rel_diff,
             "tolerance": self.tolerance,
             "passed": self.passed,
             "outputs": self.comparison.outputs,
+            "fake_quant_bypassed": self.fake_quant_bypassed,
         }
+        if self.quantized is not None:
+            record["with_fake_quant"] = {
+                "max_abs_diff": self.quantized.max_abs_diff,
+                "max_rel_diff": self.quantized.max_rel_diff,
+                "mean_abs_diff": self.quantized.mean_abs_diff,
+                "outputs": self.quantized.outputs,
+            }
+        return record
+
+    def describe(self) -> str:
+        """One line for the log."""
+        text = (
+            f"max abs diff {self.max_abs_diff:.3e}, max rel diff {self.max_rel_diff:.3e} "
+            f"(tolerance {self.tolerance:.0e}"
+        )
+        if self.fake_quant_bypassed:
+            text += f", {self.fake_quant_bypassed} Q/DQ pairs bypassed on both sides"
+        text += f"): {'PASS' if self.passed else 'FAIL'}"
+        if self.quantized is not None:
+            q = self.quantized
+            text += f"; with Q/DQ: max rel diff {q.max_rel_diff:.2e}, mean abs diff {q.mean_abs_diff:.2e}"
+        return text
 
 
 def _np_type(elem_type: int) -> np.dtype:
@@ -163,6 +197,35 @@ def bypass_qdq(model: onnx.ModelProto, uses: Sequence[tuple[str, str, str]]) -> 
                 if name in mapping:
                     node.input[i] = mapping[name]
     return copy
+
+
+def bypass_fake_quant(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` in which every ``QuantizeLinear -> DequantizeLinear`` pair is bypassed.
+
+    Every reader of such a DQ output reads the Q input instead (fake quantization off; weights
+    stored as integers behind a lone DequantizeLinear stay as they are). Returns the copy and the
+    number of pairs bypassed (the model itself when there is none).
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    rewire = {
+        node.output[0]: producers[node.input[0]].input[0]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in producers
+        and producers[node.input[0]].op_type == "QuantizeLinear"
+    }
+    if not rewire:
+        return model, 0
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rewire:
+                node.input[i] = rewire[name]
+    for output in copy.graph.output:  # a graph output behind a Q/DQ pair: an Identity of the float value
+        if output.name in rewire:
+            copy.graph.node.append(onnx.helper.make_node("Identity", [rewire[output.name]], [output.name]))
+    return copy, len(rewire)
 
 
 def run_with_taps(
@@ -254,6 +317,19 @@ def check_graph(
     actual: Mapping[str, np.ndarray],
     input_shapes: dict[str, list[int]],
     reduced: bool,
+    *,
+    fake_quant_bypassed: int = 0,
+    quantized: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
 ) -> GraphCheck:
-    """The rewritten graph's outputs (``actual``) against the original's, every output."""
-    return GraphCheck(compare(actual, expected, tolerance_name("graph", reduced)), input_shapes)
+    """The rewritten graph's outputs (``actual``) against the original's, every output.
+
+    ``quantized``: (expected, actual) with fake quantization on, when ``expected``/``actual`` were
+    computed with ``fake_quant_bypassed`` Q/DQ pairs bypassed (recorded, not judged).
+    """
+    name = tolerance_name("graph", reduced)
+    return GraphCheck(
+        compare(actual, expected, name),
+        input_shapes,
+        fake_quant_bypassed=fake_quant_bypassed,
+        quantized=compare(quantized[1], quantized[0], name) if quantized is not None else None,
+    )

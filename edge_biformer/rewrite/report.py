@@ -51,6 +51,8 @@ class RewriteReport:
     kept_alive: list[str] = field(default_factory=list)
     seconds: float = 0.0
     manifest: str | None = None
+    #: The precision of the written graph (``fp32``, ``fp16`` or ``int8``): what to build it at.
+    precision: str = "fp32"
 
 
 def stage_rows(

@@ -19,11 +19,12 @@ import onnx_graphsurgeon as gs
 
 from edge_biformer import manifest as manifests
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.onnx_io import load_model, save_model
+from edge_biformer.onnx_io import graph_precision, load_model, save_model
 from edge_biformer.ops.bra import CONTRACT
 from edge_biformer.rewrite.checks import (
     BlockCheck,
     GraphCheck,
+    bypass_fake_quant,
     bypass_qdq,
     check_blocks,
     check_graph,
@@ -84,9 +85,6 @@ class RewriteOptions:
     verify: bool = True
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     default_side: int | None = None
-    #: Why ``verify`` is off, when the caller turned it off on purpose (printed instead of the
-    #: ``--no-verify`` warning).
-    unverified_reason: str | None = None
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -241,17 +239,32 @@ class Rewriter:
         return rewritten
 
     def verify_outputs(self) -> GraphCheck | None:
-        """Run the rewritten graph with :func:`edge_biformer.cpu_session` on the inputs of :meth:`check`."""
+        """Run the rewritten graph with :func:`edge_biformer.cpu_session` on the inputs of :meth:`check`.
+
+        A graph with Q/DQ pairs is judged with fake quantization off on both sides (see
+        :class:`~edge_biformer.rewrite.checks.GraphCheck`); the comparison with it on is recorded.
+        """
         if self.rewritten is None or self.rewritten is self.model or not self._values:
             return None
-        from edge_biformer.runtime.cpu import cpu_session
-
-        expected = {o.name: self._values[o.name] for o in self.model.graph.output}
-        session = cpu_session(self.rewritten)
-        names = [o.name for o in session.get_outputs()]
-        got = dict(zip(names, session.run(names, self._feeds), strict=True))
+        names = [o.name for o in self.model.graph.output]
+        expected = {name: self._values[name] for name in names}
+        got = self._run_rewritten(self.rewritten, names)
         reduced = any(m.elem_type == onnx.TensorProto.FLOAT16 for m in self.matches)
-        check = check_graph(expected, got, self.input_shapes, reduced)
+        original_float, pairs = bypass_fake_quant(self.model)
+        if pairs:
+            rewritten_float, _ = bypass_fake_quant(self.rewritten)
+            float_expected = run_with_taps(original_float, [], self._feeds, self.info)
+            float_got = self._run_rewritten(rewritten_float, names)
+            check = check_graph(
+                {n: float_expected[n] for n in names},
+                float_got,
+                self.input_shapes,
+                reduced,
+                fake_quant_bypassed=pairs,
+                quantized=(expected, got),
+            )
+        else:
+            check = check_graph(expected, got, self.input_shapes, reduced)
         self.output_check = check
         if not check.passed:
             raise RewriteError(
@@ -260,6 +273,11 @@ class Rewriter:
                 "input graph"
             )
         return check
+
+    def _run_rewritten(self, model: onnx.ModelProto, names: list[str]) -> dict[str, Any]:
+        from edge_biformer.runtime.cpu import cpu_session
+
+        return dict(zip(names, cpu_session(model).run(names, self._feeds), strict=True))
 
     def report(self) -> RewriteReport:
         """Summary of what was found and done."""
@@ -293,6 +311,7 @@ class Rewriter:
             verify_skipped=self.verify_skipped,
             kept_alive=self.kept_alive,
             seconds=time.perf_counter() - self._start,
+            precision=graph_precision(final),
         )
 
 
@@ -325,6 +344,7 @@ def _manifest(report: RewriteReport, options: RewriteOptions, source: dict[str, 
         source=source,
         options=options,
         graph="plugin" if report.replaced else None,
+        precision=report.precision,
         plugin={
             "op_type": CONTRACT.op_type,
             "domain": CONTRACT.domain,
@@ -362,9 +382,7 @@ def run(options: RewriteOptions) -> RewriteReport:
         rewriter = Rewriter(model, source=str(source))
         result = rewriter.find()
         st.details.append(f"{len(result.matches)} matched, {len(result.partial)} partial")
-    if not options.verify and rewriter.matches and options.unverified_reason:
-        log(f"rewrite checks skipped: {options.unverified_reason}")
-    elif not options.verify and rewriter.matches:
+    if not options.verify and rewriter.matches:
         log(
             "warning: --no-verify: the blocks are replaced on their structure alone; a layout the matcher "
             "misreads (e.g. channels moved by a Transpose before the q/k/v split) would go unnoticed. "
@@ -393,10 +411,7 @@ def run(options: RewriteOptions) -> RewriteReport:
         with stage("verify (cpu_session)") as st:
             check = rewriter.verify_outputs()
             if check is not None:
-                st.details.append(
-                    f"outputs vs original: max abs diff {check.max_abs_diff:.3e}, max rel diff "
-                    f"{check.max_rel_diff:.3e} (tolerance {check.tolerance:.0e}): PASS"
-                )
+                st.details.append(f"outputs vs original: {check.describe()}")
     report = rewriter.report()
     print_stage_table(report)
     for partial in report.partial:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from onnx import TensorProto, helper
 
 from edge_biformer import calib
 from edge_biformer.calib import CalibrationDataError
+from tests.conftest import polygraphy_exe
 
 PIL = pytest.importorskip("PIL", reason="Pillow is needed to read calibration images")
 from PIL import Image  # noqa: E402
@@ -168,12 +167,6 @@ def test_labelled_folder(tmp_path: Path) -> None:
     assert data.labels.tolist() == [0, 0, 1]
 
 
-def _polygraphy() -> str:
-    exe = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
-    assert Path(exe).exists(), "the polygraphy CLI (a dependency) is not installed"
-    return exe
-
-
 def _identity_onnx(path: Path, size: int) -> None:
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, size, size])
@@ -192,7 +185,7 @@ def test_polygraphy_data_loader_script(tmp_path: Path) -> None:
     env["EDGE_BIFORMER_CALIB_BATCH"] = "2"
     outputs = tmp_path / "out.json"
     cmd = [
-        _polygraphy(), "run", str(model), "--onnxrt",
+        polygraphy_exe(), "run", str(model), "--onnxrt",
         "--data-loader-script", f"{REPO_ROOT / 'calib' / 'data_loader.py'}:load_data",
         "--save-inputs", str(tmp_path / "inputs.json"), "--save-outputs", str(outputs),
     ]  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import onnx
 import pytest
 
 from edge_biformer.cli.main import main
+from tests.conftest import polygraphy_exe
 from tests.reduced_model import CHECKPOINT, arch_args, export_reduced, train_script
 
 pytest.importorskip("PIL", reason="Pillow is needed for the image folders")
@@ -39,12 +39,6 @@ def _build(out: Path, precision: str, *extra: str) -> list[str]:
         "build", "--model", "biformer_tiny", "--weights", str(CHECKPOINT), *arch_args(), "--img-size", "48",
         "--precision", precision, "--output", str(out), *extra,
     ]  # fmt: skip
-
-
-def _polygraphy() -> str:
-    exe = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
-    assert Path(exe).exists(), "the polygraphy CLI (a dependency) is not installed"
-    return exe
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -128,7 +122,7 @@ def test_int8_build_accuracy_on_trained_model(images: dict[str, Path], tmp_path:
     for command in commands:
         argv = command.split()
         assert argv[0] == "polygraphy"
-        proc = subprocess.run([_polygraphy(), *argv[1:]], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([polygraphy_exe(), *argv[1:]], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "PASSED" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
     # `check` reuses the saved reference and passes again; the calibration cache is reused.

@@ -1,0 +1,68 @@
+"""The rewrite of INT8 (Q/DQ) graphs: checked with fake quantization off, and able to fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edge_biformer import calib
+from edge_biformer.cli.main import main
+from edge_biformer.ops.bra import CONTRACT
+from edge_biformer.rewrite import RewriteError, Rewriter, load_onnx, rewrite_onnx
+from tests.reduced_model import CHECKPOINT, export_reduced, train_script
+
+pytest.importorskip(
+    "modelopt.onnx.quantization", reason="nvidia-modelopt (the [quant] extra) is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def int8_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained reduced model, quantized to INT8 on 32 of its own calibration images."""
+    from edge_biformer.quantize import quantize_int8
+
+    root = tmp_path_factory.mktemp("int8")
+    plain = export_reduced(root / "reduced.onnx", weights=CHECKPOINT)
+    images = train_script().write_image_folder(root / "calib", "calib", 32)
+    data = calib.load(images, img_size=train_script().IMG_SIZE, batch_size=8)
+    quantize_int8(plain, root / "reduced.int8.onnx", data)
+    return root / "reduced.int8.onnx"
+
+
+def test_int8_graph_is_rewritten_and_verified(int8_graph: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "q.plugin.onnx"
+    assert main(["rewrite", str(int8_graph), "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "Q/DQ pairs bypassed on both sides): PASS" in stdout and "with Q/DQ:" in stdout
+    assert f"--from-onnx {out} --precision int8" in stdout  # the graph's precision, not fp32
+    report = rewrite_onnx(int8_graph, tmp_path / "again.onnx")
+    check = report.output_check
+    assert report.replaced == 3 and report.precision == "int8" and check is not None and check.passed
+    assert check.fake_quant_bypassed > 0 and check.quantized is not None
+    assert check.max_rel_diff <= 2e-3  # float16 rounding of the attention, not INT8 steps
+    model = onnx.load(str(out))
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == report.qdq_after // 2
+
+
+def test_a_wrong_rewrite_of_an_int8_graph_fails(int8_graph: Path) -> None:
+    """Keys paired with the wrong values (k and v swapped at the first plugin node) fail the graph check."""
+    rewriter = Rewriter(load_onnx(int8_graph), source=str(int8_graph))
+    rewriter.find()
+    rewriter.check()
+    rewritten = rewriter.apply()
+    node = next(n for n in rewritten.graph.node if CONTRACT.is_node(n))
+    node.input[1], node.input[2] = node.input[2], node.input[1]
+    with pytest.raises(RewriteError, match="outputs differ from the original's"):
+        rewriter.verify_outputs()
+
+
+def test_a_plugin_graph_builds_only_at_its_precision(int8_graph: Path, tmp_path: Path, capsys) -> None:
+    plugin = tmp_path / "q.plugin.onnx"
+    rewrite_onnx(int8_graph, plugin)
+    capsys.readouterr()
+    rc = main(["build", "--from-onnx", str(plugin), "--precision", "fp16", "-o", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "graph of precision int8" in err and "--precision int8" in err
+    assert not (tmp_path / "b" / "manifest.json").exists()
