@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -49,7 +49,9 @@ __all__ = [
     "provenance",
     "read_manifest",
     "set_command_line",
+    "source_path",
     "source_record",
+    "sources",
     "tool_versions",
     "write_manifest",
 ]
@@ -138,22 +140,43 @@ def read_manifest(path: str | os.PathLike[str], *, required: bool = False) -> di
 
 
 def source_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"path", "sha256", "manifest"}`` of an input artifact, with its side-car manifest (or ``None``)."""
+    """``{"path", "resolved", "sha256", "manifest"}`` of an input artifact, with its side-car manifest.
+
+    ``path`` is as the user gave it, ``resolved`` the absolute path (what later lookups open);
+    ``manifest`` is ``None`` when the artifact has no side-car.
+    """
     return {
         "path": str(path),
+        "resolved": str(Path(path).resolve()),
         "sha256": sha256_file(path),
         "manifest": read_manifest(manifest_path(path)),
     }
 
 
+def source_path(record: Mapping[str, Any]) -> Path | None:
+    """The file a source record names, where it still exists (absolute path first)."""
+    for key in ("resolved", "path"):
+        if record.get(key) and Path(record[key]).is_file():
+            return Path(record[key])
+    return None
+
+
+def sources(manifest: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
+    """The source records of a manifest, nearest first (the artifact it was made from, that one's, ...)."""
+    record = (manifest or {}).get("source")
+    for _ in range(32):  # a chain is a few stages long; a cycle would be a corrupt manifest
+        if not isinstance(record, Mapping):
+            return
+        yield record
+        record = (record.get("manifest") or {}).get("source")
+
+
 def model_fields(record: Mapping[str, Any] | None) -> dict[str, Any]:
     """The model fields of a manifest, found by following its ``source`` chain (``{}`` if none names one)."""
-    seen = 0
-    while isinstance(record, Mapping) and seen < 32:
-        if record.get("model"):
-            return {k: record.get(k) for k in MODEL_FIELDS}
-        record = (record.get("source") or {}).get("manifest")
-        seen += 1
+    chain = [record, *(r.get("manifest") for r in sources(record))]
+    for m in chain:
+        if isinstance(m, Mapping) and m.get("model"):
+            return {k: m.get(k) for k in MODEL_FIELDS}
     return {}
 
 

@@ -73,6 +73,7 @@ class CalibrationData:
         """The facts a manifest or report records about this set."""
         return {
             "source": self.source,
+            "path": None if self.kind == "synthetic" else os.path.abspath(self.source),
             "kind": self.kind,
             "found": self.found,
             "used": self.used,

@@ -6,6 +6,7 @@
 * :mod:`.runners`: running an artifact on the check inputs (onnxruntime, the CPU op, TensorRT);
 * :mod:`.polygraphy_io`: Polygraphy's JSON formats, its comparator and the commands that repeat a check;
 * :mod:`.report`: ``report.md`` / ``report.json``;
+* :mod:`.reference`: what the check compares with (FP32 PyTorch, else the FP32 export);
 * :mod:`.stage`: :func:`run`, the check of a build directory (``edge-biformer check``, and the last
   stage of ``edge-biformer build``).
 
@@ -18,7 +19,16 @@ from typing import Any
 from edge_biformer.check.compare import Comparison, compare
 from edge_biformer.check.tolerances import TOLERANCES, Tolerance, tolerance
 
-__all__ = ["TOLERANCES", "CheckOptions", "Comparison", "Tolerance", "compare", "run", "tolerance"]
+__all__ = [
+    "TOLERANCES",
+    "CheckOptions",
+    "Comparison",
+    "NoReferenceError",
+    "Tolerance",
+    "compare",
+    "run",
+    "tolerance",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from edge_biformer.check import stage
 
         return getattr(stage, name)
+    if name == "NoReferenceError":
+        from edge_biformer.check.reference import NoReferenceError
+
+        return NoReferenceError
     raise AttributeError(f"module 'edge_biformer.check' has no attribute {name!r}")

@@ -18,7 +18,14 @@ import numpy as np
 
 from edge_biformer.check.tolerances import Tolerance, tolerance
 
-__all__ = ["Comparison", "compare", "to_numpy"]
+__all__ = [
+    "Comparison",
+    "agreement_upper_bound",
+    "compare",
+    "failing_agreement",
+    "samples_to_resolve",
+    "to_numpy",
+]
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Comparison:
     top1_accuracy: float | None = None
     #: Per output name (mapping inputs): max abs and max relative difference.
     outputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: What the numbers cannot show (e.g. too few samples to judge an agreement rule closely).
+    notes: list[str] = field(default_factory=list)
 
     def fail(self, reason: str) -> None:
         """Record a failed criterion."""
@@ -200,6 +209,55 @@ def compare(
     return result
 
 
+#: One-sided 95 % normal quantile of the agreement bounds.
+Z95 = 1.6448536269514722
+
+
+def agreement_upper_bound(agree: int, n: int, z: float = Z95) -> float:
+    """Upper one-sided 95 % Wilson bound of an agreement rate observed as ``agree`` of ``n``."""
+    if n <= 0 or agree >= n:
+        return 1.0  # exactly: all agreeing passes any threshold, a 100 % one included
+    p = agree / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def failing_agreement(n: int, threshold: float) -> float:
+    """The highest observed agreement that the rule ``threshold`` fails at ``n`` samples (0 if none)."""
+    k = max((k for k in range(n + 1) if agreement_upper_bound(k, n) < threshold), default=-1)
+    return max(k, 0) / n if n else 0.0
+
+
+def samples_to_resolve(threshold: float, points: float = 0.02) -> int:
+    """About how many samples make the rule fail an observed agreement ``points`` below ``threshold``."""
+    gap = max(points, 1e-6)
+    return math.ceil(Z95 * Z95 * threshold * (1 - threshold + gap) / (gap * gap))
+
+
+def _judge_agreement(result: Comparison, label: str, rate: float, threshold: float) -> None:
+    """An agreement rule: it fails when the data show, at 95 % confidence, a rate below the threshold.
+
+    With ``n`` samples an observed rate is uncertain: 29 of 30 images (96.7 %) is consistent with a
+    true agreement of 97 %, so one flip among 30 must not fail a 97 % rule. The rule fails when the
+    upper 95 % Wilson bound of the observed rate is below the threshold (for a 100 % threshold:
+    any disagreement). When ``n`` is too small to resolve the threshold within 2 points, a note says so.
+    """
+    n = result.samples
+    agree = round(rate * n)
+    upper = agreement_upper_bound(agree, n)
+    if upper < threshold or (threshold >= 1.0 and agree < n):
+        result.fail(
+            f"{label} agreement {rate:.2%} ({agree}/{n}; 95 % upper bound {upper:.2%}) < {threshold:.0%}"
+        )
+    if threshold < 1.0 and threshold - failing_agreement(n, threshold) > 0.02:
+        result.notes.append(
+            f"{n} samples are too few to judge the {label} agreement rule ({threshold:.0%}) closely: only an "
+            f"observed agreement of {failing_agreement(n, threshold):.1%} or less fails it; about "
+            f"{samples_to_resolve(threshold)} samples resolve it within 2 points"
+        )
+
+
 def _limits(tol: Tolerance) -> dict[str, float]:
     keys = (
         "max_abs",
@@ -230,18 +288,12 @@ def _judge(
         )
     if tol.min_cosine is not None and result.min_cosine is not None and result.min_cosine < tol.min_cosine:
         result.fail(f"min cosine {result.min_cosine:.5f} < {tol.min_cosine}")
-    if (
-        tol.min_top1_agreement is not None
-        and result.top1_agreement is not None
-        and result.top1_agreement < tol.min_top1_agreement
+    for label, rate, threshold in (
+        ("top-1", result.top1_agreement, tol.min_top1_agreement),
+        ("top-5", result.top5_agreement, tol.min_top5_agreement),
     ):
-        result.fail(f"top-1 agreement {result.top1_agreement:.2%} < {tol.min_top1_agreement:.0%}")
-    if (
-        tol.min_top5_agreement is not None
-        and result.top5_agreement is not None
-        and result.top5_agreement < tol.min_top5_agreement
-    ):
-        result.fail(f"top-5 agreement {result.top5_agreement:.2%} < {tol.min_top5_agreement:.0%}")
+        if rate is not None and threshold is not None:
+            _judge_agreement(result, label, rate, threshold)
     if labels is not None and tol.max_accuracy_drop is not None and result.top1_accuracy is not None:
         if reference_accuracy is None:
             expected = pairs[0][2].reshape(pairs[0][2].shape[0], -1)
@@ -249,6 +301,6 @@ def _judge(
         drop = (reference_accuracy - result.top1_accuracy) * 100
         if drop > tol.max_accuracy_drop:
             result.fail(
-                f"top-1 accuracy {result.top1_accuracy:.2%} is {drop:.2f} points below FP32 PyTorch "
+                f"top-1 accuracy {result.top1_accuracy:.2%} is {drop:.2f} points below the reference "
                 f"({reference_accuracy:.2%}); allowed {tol.max_accuracy_drop:g}"
             )

@@ -41,6 +41,7 @@ class TargetResult:
     top5_agreement: float = float("nan")
     top1_accuracy: float | None = None
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     command: str = ""
     seconds: float = 0.0
 
@@ -127,6 +128,10 @@ def render_markdown(report: CheckReport) -> str:
     if failures:
         lines += ["", "## Failures", ""]
         lines += [f"- **{c.name}**: " + "; ".join(c.failures) for c in failures]
+    noted = [c for c in report.comparisons if c.notes]
+    if noted:
+        lines += ["", "## Notes", ""]
+        lines += [f"- **{c.name}**: " + "; ".join(c.notes) for c in noted]
     skipped = [c for c in report.comparisons if c.status == "skipped"]
     if skipped:
         lines += ["", "## Not run here", ""]
@@ -152,7 +157,12 @@ def render_markdown(report: CheckReport) -> str:
         "## Rerun with Polygraphy",
         "",
         f"Inputs: `{ref['inputs_json']}` (Polygraphy input JSON); reference: `{ref['reference_json']}` "
-        "(Polygraphy RunResults of FP32 PyTorch).",
+        f"(Polygraphy RunResults of {ref.get('description', 'FP32 PyTorch')}).",
+        "",
+        "A command below repeats Polygraphy's part of the verdict: the elementwise or mean error within "
+        "atol/rtol. The other rules (min cosine, top-1/top-5 agreement judged by their 95 % bound, "
+        "top-1 accuracy drop) are not expressible in Polygraphy; `edge-biformer check "
+        f"{ref.get('outdir', 'OUTDIR')}` repeats every rule on the same saved inputs and reference.",
         "",
         "```sh",
     ]

@@ -1,13 +1,18 @@
 """The check stage: every artifact of a build directory against FP32 PyTorch, written as a report.
 
-The reference is the FP32 PyTorch model on the check inputs (real images, or seeded noise when
-none are given). Each artifact (the exported ONNX in onnxruntime, the quantized / rewritten ONNX in
-:func:`edge_biformer.cpu_session`, the TensorRT engine where TensorRT is present) is run on the same
-batches and judged with its precision's entry of the tolerance table, by :func:`compare` and by
-Polygraphy's own comparator (the verdict ``polygraphy run`` would print). The inputs and the
-reference are saved in Polygraphy's formats (``check/inputs.json``, ``check/reference.json``) so
-``edge-biformer check OUTDIR`` (and the printed ``polygraphy run`` commands) can repeat the check on
-the target without the weights or PyTorch.
+The reference is the FP32 PyTorch model on the check inputs (real images: ``--check-data``, else the
+calibration images, also those recorded for a ``--from-onnx`` graph; seeded noise only when there
+are none). Where PyTorch cannot rebuild the model (random weights, a checkpoint that is gone) the
+plain FP32 export of the same weights in onnxruntime is the reference, and without either the check
+raises :class:`NoReferenceError` (:mod:`edge_biformer.check.reference`). Each artifact (the exported
+ONNX in onnxruntime, the quantized / rewritten ONNX in :func:`edge_biformer.cpu_session`, the
+TensorRT engine where TensorRT is present) is run on the same batches and judged with its
+precision's entry of the tolerance table, by :func:`compare` and by Polygraphy's own comparator (the
+verdict ``polygraphy run`` would print). The inputs and the reference are saved in Polygraphy's
+formats (``check/inputs.json``, ``check/reference.json``) so ``edge-biformer check OUTDIR`` (and the
+printed ``polygraphy run`` commands) can repeat the check on the target without the weights or
+PyTorch. Inputs or a reference that a later check replaces are kept aside
+(``inputs.replaced-<time>.json``), never overwritten.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from edge_biformer.check.polygraphy_io import (
     save_polygraphy_inputs,
     save_polygraphy_outputs,
 )
+from edge_biformer.check.reference import Reference, find_reference, keep_previous
 from edge_biformer.check.report import CheckReport, TargetResult, summary_line, write_report
 from edge_biformer.check.runners import Skip, Target, path_of, run_target
 from edge_biformer.check.tolerances import TOLERANCES
@@ -47,7 +53,6 @@ __all__ = [
     "CheckOptions",
     "judge",
     "read_build_manifest",
-    "reference_outputs",
     "run",
     "targets_from_manifest",
 ]
@@ -110,15 +115,6 @@ def targets_from_manifest(outdir: Path, manifest: dict[str, Any]) -> list[Target
     return targets
 
 
-def reference_outputs(model: Any, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """FP32 PyTorch outputs for each batch."""
-    import torch
-
-    model = model.eval()
-    with torch.inference_mode():
-        return [model(torch.from_numpy(np.ascontiguousarray(b))).float().numpy() for b in batches]
-
-
 def _result(
     target: Target, status: str, scale: float, inputs_json: str, reference_json: str, **fields: Any
 ) -> TargetResult:
@@ -177,8 +173,14 @@ def judge(
             f"diff {result.max_abs_diff:.3g}, mean abs diff {result.mean_abs_diff:.3g}"
         )
     result.failures += c.failures
+    result.notes += c.notes
     if result.failures:
         result.status = "fail"
+        if result.polygraphy_pass:
+            result.notes.append(
+                "Polygraphy's comparator passes (its printed command passes); the failing rules are "
+                "edge-biformer's (repeat them with `edge-biformer check`)"
+            )
     return result
 
 
@@ -198,18 +200,25 @@ def compare_targets(
     *,
     labels: np.ndarray | None = None,
     data_summary: dict[str, Any] | None = None,
+    runner: str = REFERENCE_RUNNER,
+    description: str = "FP32 PyTorch",
 ) -> CheckReport:
-    """Polygraphy JSON files, every comparison, ``report.json`` and ``report.md``."""
+    """Polygraphy JSON files, every comparison, ``report.json`` and ``report.md``.
+
+    ``runner`` names the reference in Polygraphy's results, ``description`` in the report.
+    """
     outdir = Path(outdir)
     check_dir = outdir / "check"
     inputs_json, reference_json = str(check_dir / "inputs.json"), str(check_dir / "reference.json")
     start = time.perf_counter()
+    _keep_replaced(check_dir, batches, reference)
     save_polygraphy_inputs(batches, inputs_json)
-    save_polygraphy_outputs(reference, reference_json)
+    save_polygraphy_outputs(reference, reference_json, runner)
     ref_all = np.concatenate(reference)
     ref_accuracy = float((ref_all.argmax(1) == labels).mean()) if labels is not None else None
     reference_info = {
-        "runner": REFERENCE_RUNNER,
+        "runner": runner,
+        "description": description,
         "samples": int(ref_all.shape[0]),
         "batches": [int(b.shape[0]) for b in batches],
         "inputs_json": inputs_json,
@@ -217,6 +226,7 @@ def compare_targets(
         "top1_accuracy": ref_accuracy,
         "logit_scale": float(np.abs(ref_all).max()),
         "data": data_summary or {},
+        "outdir": str(outdir),
         "seconds": round(time.perf_counter() - start, 3),
     }
     results = []
@@ -268,37 +278,43 @@ def check_batches(data: Any, profile: BatchProfile, limit: int) -> tuple[list[np
     return batches, labels
 
 
-def model_from_manifest(manifest: dict[str, Any]) -> Any:
-    """The FP32 PyTorch model a manifest names (its model, configuration and weights)."""
-    from edge_biformer.models import create_model
+def _keep_replaced(check_dir: Path, batches: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> None:
+    """Before other inputs or another reference replace the saved ones, keep those aside (each alone)."""
+    kept = []
+    for path, new, load in (
+        (check_dir / "inputs.json", batches, load_polygraphy_inputs),
+        (check_dir / "reference.json", reference, load_polygraphy_outputs),
+    ):
+        if not path.is_file():
+            continue
+        try:
+            old = load(path)
+            same = len(old) == len(new) and all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+        except Exception:  # an unreadable saved file is kept too
+            same = False
+        if not same:
+            kept.append(keep_previous(path))
+    if kept:
+        log(f"check: the files this check replaces are kept as {', '.join(str(k) for k in kept)}")
 
-    name = manifest.get("model")
-    if not name:
-        raise EdgeBiformerError(
-            "this build started from --from-onnx without a PyTorch model, and no saved reference "
-            "(check/reference.json) exists: build from --model/--weights, or from the export of a "
-            "checkpoint (edge-biformer export --weights) whose manifest names it"
-        )
-    return create_model(name, weights=manifest.get("weights"), **(manifest.get("config") or {}))
 
-
-def _saved_reference(check_dir: Path, manifest: dict[str, Any], recompute: bool) -> tuple[Any, ...]:
-    """The inputs, labels, reference and data summary saved by the build (``check OUTDIR``)."""
+def _saved_inputs(check_dir: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
     batches = load_polygraphy_inputs(check_dir / "inputs.json")
     labels_file = check_dir / "labels.npy"
-    labels = np.load(labels_file) if labels_file.is_file() else None
-    if recompute:
-        reference = reference_outputs(model_from_manifest(manifest), batches)
-    else:
-        # The target GPU needs neither the weights nor a PyTorch run of the model.
-        reference = load_polygraphy_outputs(check_dir / "reference.json")
-        if [r.shape[0] for r in reference] != [b.shape[0] for b in batches]:
-            raise EdgeBiformerError(
-                "check/reference.json does not match check/inputs.json; rerun with --recompute"
-            )
-    summary = {**(manifest.get("check_data") or {}), "inputs": str(check_dir / "inputs.json")}
-    summary["reference"] = "recomputed" if recompute else "reused"
-    return batches, labels, reference, summary
+    return batches, (np.load(labels_file) if labels_file.is_file() else None)
+
+
+def _check_data(options: CheckOptions, profile: BatchProfile, img_size: tuple[int, ...]) -> Any:
+    """The check inputs: the given data, else seeded noise (and say what that is worth)."""
+    if options.data is not None:
+        return options.data
+    from edge_biformer.calib import synthetic
+
+    log(
+        "check: no --check-data/--eval-data given, using seeded random inputs (agreement numbers on "
+        "noise are weaker evidence than on real images; INT8 in particular is calibrated for images)"
+    )
+    return synthetic(min(options.num, 2 * profile.opt), img_size, batch_size=profile.opt)
 
 
 def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckReport:
@@ -306,6 +322,9 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
 
     ``manifest`` is the build's manifest when the caller holds it (the pipeline, which writes it
     last); without it ``manifest.json`` is read and, with the check's summary, written back.
+
+    Raises:
+        NoReferenceError: nothing to compare with (see :mod:`edge_biformer.check.reference`).
     """
     outdir = Path(options.outdir)
     own = manifest is None
@@ -317,39 +336,64 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     ]
     check_dir = outdir / "check"
     saved = (check_dir / "inputs.json").is_file() and (check_dir / "reference.json").is_file()
-    data = options.data
-    if isinstance(data, DataSpec):
-        data = load_data(data, img_size, "check data", batch_size=profile.opt)
-    if saved and data is None and options.model is None:
-        batches, labels, reference, summary = _saved_reference(check_dir, manifest, options.recompute)
-    else:
-        if data is None:
-            from edge_biformer.calib import synthetic
-
-            data = synthetic(min(options.num, 2 * profile.opt), img_size, batch_size=profile.opt)
-            log(
-                "check: no --check-data/--eval-data given, using seeded random inputs (agreement numbers on "
-                "noise are weaker evidence than on real images; INT8 in particular is calibrated for images)"
+    if isinstance(options.data, DataSpec):
+        options = replace(
+            options, data=load_data(options.data, img_size, "check data", batch_size=profile.opt)
+        )
+    previous = manifest.get("check") or {}
+    if saved and options.data is None and options.model is None and not options.recompute:
+        # `check OUTDIR`: the target GPU needs neither the weights nor a run of the reference.
+        batches, labels = _saved_inputs(check_dir)
+        reference = load_polygraphy_outputs(check_dir / "reference.json")
+        if [r.shape[0] for r in reference] != [b.shape[0] for b in batches]:
+            raise EdgeBiformerError(
+                "check/reference.json does not match check/inputs.json; rerun with --recompute"
             )
-        batches, labels = check_batches(data, profile, options.num)
-        reference = reference_outputs(options.model or model_from_manifest(manifest), batches)
-        summary = data.summary()
-        manifest["check_data"] = summary
-        if labels is not None:
-            check_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_output(check_dir / "labels.npy", suffix=".npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, labels)
+        ref = Reference(
+            previous.get("reference_runner", REFERENCE_RUNNER), previous.get("reference", "saved"), None
+        )  # type: ignore[arg-type]
+        summary = {
+            **(manifest.get("check_data") or {}),
+            "inputs": str(check_dir / "inputs.json"),
+            "reference": "reused",
+        }
+    else:
+        ref = find_reference(manifest, outdir, options.model)
+        if saved and options.data is None and options.model is None:  # --recompute on the saved inputs
+            batches, labels = _saved_inputs(check_dir)
+            summary = {**(manifest.get("check_data") or {}), "inputs": str(check_dir / "inputs.json")}
+            summary["reference"] = "recomputed"
         else:
-            (check_dir / "labels.npy").unlink(missing_ok=True)
+            data = _check_data(options, profile, img_size)
+            batches, labels = check_batches(data, profile, options.num)
+            summary = data.summary()
+            manifest["check_data"] = summary
+            _save_labels(check_dir, labels)
+        log(f"check: reference = {ref.description}")
+        reference = ref.run(batches)
+    if ref.path is not None:  # the FP32 export is the reference: comparing it with itself shows nothing
+        targets = [t for t in targets if Path(t.path).resolve() != Path(ref.path).resolve()]
     with stage("accuracy check") as st:
-        report = compare_targets(targets, batches, reference, outdir, labels=labels, data_summary=summary)
+        report = compare_targets(
+            targets, batches, reference, outdir, labels=labels, data_summary=summary, runner=ref.runner,
+            description=ref.description,
+        )  # fmt: skip
         st.output = outdir / "report.md"
         st.details.append("PASS" if report.passed else "FAIL")
     log("rerun the comparisons with polygraphy:")
     for c in report.comparisons:
         where = "" if c.kind == "onnxrt" else "   # on the target GPU"
         print(f"  {c.command}{where}", flush=True)
-    manifest["check"] = report.summary()
+    manifest["check"] = {**report.summary(), "reference": ref.description, "reference_runner": ref.runner}
     if own:
         manifests.write_manifest(outdir / "manifest.json", manifest)
     return report
+
+
+def _save_labels(check_dir: Path, labels: np.ndarray | None) -> None:
+    if labels is not None:
+        check_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(check_dir / "labels.npy", suffix=".npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, labels)
+    else:
+        (check_dir / "labels.npy").unlink(missing_ok=True)

@@ -79,3 +79,35 @@ def test_assert_close() -> None:
         assert_close(a + 1e-3, a, max_rel=1e-5, msg="case")
     with pytest.raises(ValueError, match="needs a tolerance"):
         assert_close(a, a)
+
+
+def _flipped(n: int, flips: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Reference logits and a copy whose top-1 class is swapped with the runner-up in ``flips`` rows."""
+    expected = np.random.default_rng(seed).standard_normal((n, 10))
+    actual = expected.copy()
+    for row in range(flips):
+        first, second = np.argsort(expected[row])[::-1][:2]
+        actual[row, [first, second]] = actual[row, [second, first]]
+    return actual, expected
+
+
+def test_agreement_rules_fail_only_what_the_samples_show() -> None:
+    from edge_biformer.check.compare import agreement_upper_bound, failing_agreement, samples_to_resolve
+
+    rule = Tolerance("t", min_top1_agreement=0.97)
+    one_flip = compare(*_flipped(30, 1), rule)  # 96.7 % observed: consistent with 97 %
+    assert one_flip.passed and one_flip.top1_agreement == pytest.approx(29 / 30)
+    assert any("too few to judge the top-1 agreement rule" in n for n in one_flip.notes)
+    four_flips = compare(*_flipped(30, 4), rule)  # 86.7 %: below 97 % at 95 % confidence
+    assert not four_flips.passed and "26/30" in four_flips.failures[0]
+    many = compare(*_flipped(2000, 100), rule)  # 95.0 % of 2000: resolved, fails, no note
+    assert not many.passed and not many.notes
+    assert compare(*_flipped(2000, 20), rule).passed  # 99 % of 2000
+    # a 100 % rule is exact: one flip fails it, whatever the sample count
+    assert not compare(*_flipped(30, 1), Tolerance("t", min_top1_agreement=1.0)).passed
+    assert compare(*_flipped(30, 0), Tolerance("t", min_top1_agreement=1.0)).passed
+    # the bound is a proper one-sided 95 % bound: 0 of n -> 0 < bound; n of n -> 1
+    assert 0 < agreement_upper_bound(0, 30) < 0.12 and agreement_upper_bound(30, 30) == 1.0
+    assert failing_agreement(30, 0.97) == pytest.approx(27 / 30)
+    n = samples_to_resolve(0.97)
+    assert 0.97 - failing_agreement(n, 0.97) <= 0.02 < 0.97 - failing_agreement(n // 4, 0.97)

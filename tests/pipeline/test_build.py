@@ -141,6 +141,7 @@ def test_check_fails_with_exit_1_when_an_artifact_is_wrong(
     inputs_before = (out / "check" / "inputs.json").read_bytes()
     assert main(["check", str(out), "--recompute"]) == 0  # PyTorch again, on the saved inputs
     assert (out / "check" / "inputs.json").read_bytes() == inputs_before
+    assert not list((out / "check").glob("*.replaced-*"))  # the same reference: nothing set aside
     # Replace the export by one with other (random) weights: the check must fail, with numbers.
     export_reduced(tmp_path / "other.onnx")
     shutil.copyfile(tmp_path / "other.onnx", out / "model.onnx")
@@ -151,6 +152,31 @@ def test_check_fails_with_exit_1_when_an_artifact_is_wrong(
     assert "**FAIL**" in text and "## Failures" in text
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is False
+
+
+def test_recompute_uses_the_best_reference_and_keeps_the_replaced_one(
+    images: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """Random weights: PyTorch cannot rebuild them, so --recompute takes the FP32 export, else refuses."""
+    out = tmp_path / "out"
+    build = ["build", "--model", "biformer_tiny", *arch_args(), "--img-size", "48", "--precision", "fp16"]
+    assert main([*build, "--output", str(out), "--check-data", str(images["test"]), "--check-num", "16"]) == 0
+    saved = json.loads((out / "report.json").read_text())["reference"]
+    assert saved["runner"] == "pytorch"  # the model in hand during the build
+    capsys.readouterr()
+    assert main(["check", str(out), "--recompute"]) == 0
+    printed = capsys.readouterr().out
+    assert f"reference = the FP32 export {out / 'model.onnx'} in onnxruntime" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"]["runner"] == "onnxrt_fp32"
+    assert [c["name"] for c in report["comparisons"]][0] == "fp16 onnx (onnxruntime)"  # not itself
+    kept = sorted(p.name for p in (out / "check").glob("*.replaced-*"))
+    assert [k.split(".")[0] for k in kept] == ["reference"]  # same inputs, another reference
+    (out / "model.onnx").unlink()
+    assert main(["check", str(out), "--recompute"]) == 2
+    err = capsys.readouterr().err
+    assert "random weights" in err and "no FP32 export" in err
+    assert main(["check", str(out)]) == 0  # the saved reference still serves
 
 
 def test_check_errors(tmp_path: Path, capsys) -> None:
@@ -250,13 +276,33 @@ def test_from_onnx_of_an_export_checks_against_its_model(
     assert report["reference"]["top1_accuracy"] >= 0.95  # the trained model, not random weights
 
 
-def test_from_onnx_without_a_reference_skips_the_check(tmp_path: Path, capsys) -> None:
-    """A graph exported with random weights has no reference to rebuild: the build says so and exits 0."""
+def test_from_onnx_with_random_weights_is_checked_against_its_export(tmp_path: Path, capsys) -> None:
+    """Random weights cannot be rebuilt in PyTorch, but the FP32 export holds them: it is the reference."""
     exported = export_reduced(tmp_path / "random.onnx")  # random weights, no side-car manifest
     out = tmp_path / "out"
-    rc = main(["build", "--from-onnx", str(exported), "--precision", "fp32", "--output", str(out)])
+    rc = main(["build", "--from-onnx", str(exported), "--precision", "fp16", "--output", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    assert "check skipped: no PyTorch reference" in printed
+    assert f"reference = the FP32 export {exported} in onnxruntime" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"]["runner"] == "onnxrt_fp32"
+    checked = {c["name"]: c["status"] for c in report["comparisons"]}
+    assert checked["fp16 onnx (onnxruntime)"] == "pass"
+    assert not any(name.startswith("onnx export") for name in checked)  # not the reference against itself
+
+
+def test_from_onnx_without_any_reference_warns_and_skips_the_check(tmp_path: Path, capsys) -> None:
+    """A quantized graph whose export changed since: nothing to trust, a loud warning, exit 0."""
+    exported = export_reduced(tmp_path / "random.onnx")
+    assert main(["quantize", str(exported), "--precision", "fp16", "-o", str(tmp_path / "m.fp16.onnx")]) == 0
+    export_reduced(exported, weights=CHECKPOINT)  # other weights under the recorded name
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = main(["build", "--from-onnx", str(tmp_path / "m.fp16.onnx"), "--precision", "fp16", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "WARNING: accuracy check skipped: no reference" in printed
     manifest = json.loads((out / "manifest.json").read_text())
-    assert "skipped" in manifest["check"] and not (out / "report.md").exists()
+    skipped = manifest["check"]["skipped"]
+    assert "names no PyTorch model" in skipped and "missing or changed" in skipped
+    assert not (out / "report.md").exists()
