@@ -24,6 +24,7 @@ from torch import nn
 
 from edge_biformer import manifest as manifests
 from edge_biformer.check import TOLERANCES, Comparison, Tolerance, compare
+from edge_biformer.check.finite import require_finite_module
 from edge_biformer.errors import EdgeBiformerError, ExportError
 from edge_biformer.onnx_io import INPUT_NAME, OUTPUT_NAME, save_model
 from edge_biformer.utils import atomic_output, check_onnx_output, log, sha256_file, stage
@@ -86,13 +87,10 @@ def _stage_sizes(size: int, n_stages: int = 4) -> list[int]:
 
 
 def valid_sizes_near(size: int, n_win: int, routed_stages: Sequence[int]) -> list[int]:
-    """The two valid input sides closest to ``size`` (for error messages)."""
-    candidates = [
-        s
-        for s in range(max(32, size - 64 * n_win), size + 64 * n_win + 1)
-        if _side_ok(s, n_win, routed_stages)
-    ]
-    return sorted(candidates, key=lambda s: (abs(s - size), s))[:2]
+    """The nearest valid input side below ``size`` and the nearest above it (for error messages)."""
+    below = next((s for s in range(size - 1, 31, -1) if _side_ok(s, n_win, routed_stages)), None)
+    above = next(s for s in range(size + 1, size + 64 * n_win + 1) if _side_ok(s, n_win, routed_stages))
+    return [s for s in (below, above) if s is not None]
 
 
 def _side_ok(side: int, n_win: int, routed_stages: Sequence[int]) -> bool:
@@ -111,12 +109,16 @@ def check_input_size(model: nn.Module, height: int, width: int) -> None:
     routed = [i for i, k in enumerate(config.get("topks", [])) if k > 0]
     for side, name in ((height, "height"), (width, "width")):
         if not _side_ok(side, n_win, routed):
+            sides = _stage_sizes(side)
+            got = ", ".join(f"{sides[i]}" for i in routed)
             near = " or ".join(str(s) for s in valid_sizes_near(side, n_win, routed))
             raise EdgeBiformerError(
-                f"--img-size {name} {side} does not fit the model: every routed-attention stage needs a "
-                f"feature map that is a multiple of n_win={n_win} (stage strides 4, 8, 16, 32), so the "
-                f"input must be a multiple of {32 * n_win} for the released models. Use {near}, or "
-                "build the model with auto_pad=True (--auto-pad) to accept any size"
+                f"--img-size {name} {side} does not fit the model: each routed-attention stage splits its "
+                f"feature map into n_win={n_win} x {n_win} regions, so the map's side must be a multiple of "
+                f"{n_win}; at {side} the routed stages get sides {got} (the stride-2 convs round up: "
+                f"ceil({side}/4), ceil({side}/8), ...). The nearest sizes that fit are {near}; multiples "
+                f"of {32 * n_win} fit without rounding. Use one of those, or build the model with "
+                "auto_pad=True (--auto-pad) to accept any size"
             )
 
 
@@ -249,6 +251,7 @@ def export_onnx(
     dynamic_hw = bool(getattr(model, "config", {}).get("auto_pad", False))
     output = Path(output)
     model = model.eval()
+    require_finite_module(model, getattr(model, "variant", None) or type(model).__name__)
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(static_batch or 1, 3, height, width, generator=generator)
     tol = TOLERANCES["export"] if tolerance is None else replace(TOLERANCES["export"], max_rel=tolerance)
@@ -371,6 +374,9 @@ def build_model(options: ExportOptions) -> nn.Module:
         raise EdgeBiformerError("the export needs a model name (--model) or a module")
     with stage(f"build {options.model}") as st:
         model = create_model(options.model, weights=options.weights, **options.overrides)
+        require_finite_module(
+            model, f"{options.model} with the weights {options.weights}" if options.weights else options.model
+        )
         check_input_size(model, *image_hw(options.img_size))
         st.details.append(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
         st.details.append(

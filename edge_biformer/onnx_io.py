@@ -32,6 +32,7 @@ __all__ = [
     "load_model",
     "metadata",
     "save_model",
+    "validate",
 ]
 
 #: The interface of the graphs ``edge-biformer export`` writes: one image input, one output.
@@ -76,14 +77,20 @@ def load_model(
             f"{path} has no graph nodes: it is not an ONNX model (or it is truncated); export it again"
         )
     if check:
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as err:
-            raise error(
-                f"{path} is not a valid ONNX model ({_first_line(err)}); export it again or fix the graph "
-                "first"
-            ) from err
+        validate(model, path, error)
     return model
+
+
+def validate(
+    model: onnx.ModelProto, path: str | os.PathLike[str], error: type[EdgeBiformerError] = EdgeBiformerError
+) -> None:
+    """``onnx.checker`` on a loaded model, as one clear ``error`` naming ``path``."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise error(
+            f"{path} is not a valid ONNX model ({_first_line(err)}); export it again or fix the graph first"
+        ) from err
 
 
 def save_model(

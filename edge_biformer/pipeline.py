@@ -42,7 +42,7 @@ from edge_biformer.export import ExportOptions
 from edge_biformer.onnx_io import INPUT_NAME, graph_kind, graph_precision, image_size
 from edge_biformer.quantize.stage import QuantizeOptions
 from edge_biformer.rewrite.stage import RewriteOptions
-from edge_biformer.utils import log, sha256_file
+from edge_biformer.utils import log, require_writable_dir, sha256_file
 
 __all__ = ["BuildOptions", "BuildResult", "run"]
 
@@ -315,6 +315,7 @@ def run(options: BuildOptions, model: Any = None) -> BuildResult:
     out = Path(options.output)
     if out.exists() and not out.is_dir():
         raise EdgeBiformerError(f"--output {out} is a file; give a directory for the build artifacts")
+    require_writable_dir(out)
     if options.export is not None and options.export.weights:
         from edge_biformer.models.checkpoint import require_checkpoint_file
 

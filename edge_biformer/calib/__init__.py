@@ -16,7 +16,9 @@ sizes scale the same way (``--img-size 448`` resizes to 512 and crops 448; a non
 resizes to ``floor(H/0.875) x floor(W/0.875)`` and crops ``HxW``, as timm does).
 
 Files that are not images (by extension) are ignored, images that cannot be decoded are skipped;
-both are counted in the log. A source with no usable image is an error.
+both are counted (and the unreadable ones named) in the log. A source with no usable image is an
+error. 16-bit and float images are scaled to 8 bits before the transform (Pillow's own RGB
+conversion would clip them to white).
 """
 
 from edge_biformer.calib.dataset import CalibrationData, DataSpec, load, load_data, synthetic
@@ -26,6 +28,7 @@ from edge_biformer.calib.preprocess import (
     IMAGENET_STD,
     preprocess_image,
     resize_size,
+    to_rgb8,
 )
 from edge_biformer.calib.scan import (
     IMAGE_EXTENSIONS,
@@ -55,4 +58,5 @@ __all__ = [
     "resize_size",
     "scan",
     "synthetic",
+    "to_rgb8",
 ]

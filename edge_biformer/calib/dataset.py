@@ -40,6 +40,7 @@ class CalibrationData:
     found: int = 0
     used: int = 0
     skipped_unreadable: int = 0
+    unreadable_files: list[str] = field(default_factory=list)
     ignored_non_image: int = 0
     missing: int = 0
     seed: int = 0
@@ -78,6 +79,7 @@ class CalibrationData:
             "found": self.found,
             "used": self.used,
             "skipped_unreadable": self.skipped_unreadable,
+            "unreadable_files": self.unreadable_files,
             "ignored_non_image": self.ignored_non_image,
             "missing": self.missing,
             "img_size": list(self.img_size),
@@ -97,7 +99,9 @@ class CalibrationData:
         """One line for the CLI log."""
         parts = [f"{self.used} of {self.found} found", f"batch {self.batch_size}"]
         if self.skipped_unreadable:
-            parts.append(f"{self.skipped_unreadable} unreadable skipped")
+            named = ", ".join(self.unreadable_files[:5])
+            more = f" and {self.skipped_unreadable - 5} more" if self.skipped_unreadable > 5 else ""
+            parts.append(f"{self.skipped_unreadable} unreadable skipped ({named}{more})")
         if self.ignored_non_image:
             parts.append(f"{self.ignored_non_image} non-image files ignored")
         if self.missing:
@@ -202,6 +206,7 @@ def load(
     files: list[str] = []
     labels: list[int] = []
     skipped = 0
+    unreadable: list[str] = []
     for i in pool:
         if len(arrays) >= target:
             break
@@ -210,8 +215,9 @@ def load(
             with Image.open(p) as img:
                 img.load()
                 arrays.append(preprocess_image(img, (h, w), crop_pct))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             skipped += 1
+            unreadable.append(f"{p}: {type(err).__name__}")
             continue
         files.append(str(p))
         if found.labels is not None:
@@ -219,7 +225,8 @@ def load(
     if not arrays:
         raise CalibrationDataError(
             f"none of the {len(candidates)} image files in {found.source} could be decoded "
-            f"({skipped} unreadable): check that they are real JPEG/PNG/WebP/BMP images"
+            f"({skipped} unreadable, e.g. {', '.join(unreadable[:3])}): check that they are real "
+            "JPEG/PNG/WebP/BMP/TIFF images"
         )
     # Keep file order in the final set so that the same files always give the same tensor order.
     order_idx = sorted(range(len(files)), key=lambda k: files[k])
@@ -236,6 +243,7 @@ def load(
         found=len(candidates),
         used=len(arrays),
         skipped_unreadable=skipped,
+        unreadable_files=unreadable,
         ignored_non_image=found.ignored,
         missing=found.missing,
         seed=seed,

@@ -17,7 +17,15 @@ import numpy as np
 from edge_biformer.calib.scan import CalibrationDataError
 from edge_biformer.utils.sizes import image_hw
 
-__all__ = ["CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "preprocess_image", "require_pillow", "resize_size"]
+__all__ = [
+    "CROP_PCT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "preprocess_image",
+    "require_pillow",
+    "resize_size",
+    "to_rgb8",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +52,30 @@ def resize_size(img_size: int | Sequence[int], crop_pct: float = CROP_PCT) -> in
     return math.floor(h / crop_pct), math.floor(w / crop_pct)
 
 
+#: Pillow modes of more than 8 bits per sample, which ``convert("RGB")`` clips instead of scaling.
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def to_rgb8(image: Any) -> Any:
+    """``image`` as 8-bit RGB, scaling 16-bit and float samples to 0..255 (Pillow would clip them).
+
+    A 16-bit PNG opens in mode ``I;16`` or ``I`` with values up to 65535; ``convert("RGB")`` clips
+    them at 255 and makes the picture almost white. Integer samples are divided by 257 (65535 ->
+    255; by their own maximum if they exceed 16 bits), float samples in [0, 1] multiplied by 255.
+    """
+    Image = require_pillow()
+    if image.mode not in _WIDE_MODES:
+        return image.convert("RGB")
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scaled = array * 255.0 if array.size and np.nanmax(array) <= 1.0 else array
+    else:
+        top = float(array.max()) if array.size else 0.0
+        scaled = array / (top / 255.0 if top > 65535 else 257.0)
+    gray = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+
+
 def preprocess_image(
     image: Any, img_size: int | Sequence[int] = 224, crop_pct: float = CROP_PCT
 ) -> np.ndarray:
@@ -55,7 +87,7 @@ def preprocess_image(
     """
     Image = require_pillow()
     h, w = image_hw(img_size)
-    image = image.convert("RGB")
+    image = to_rgb8(image)
     target = resize_size((h, w), crop_pct)
     if isinstance(target, int):
         iw, ih = image.size

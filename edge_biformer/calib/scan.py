@@ -29,7 +29,7 @@ __all__ = [
     "scan",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 TENSOR_EXTENSIONS = (".npy", ".npz")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 

@@ -21,13 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from edge_biformer.check.finite import NonFiniteError, require_finite_initializers, require_finite_module
 from edge_biformer.check.runners import path_of
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.manifest import source_path, sources
 from edge_biformer.onnx_io import INPUT_NAME
 from edge_biformer.utils import sha256_file
 
-__all__ = ["NoReferenceError", "Reference", "find_reference", "keep_previous", "model_from_manifest"]
+__all__ = [
+    "NoReferenceError",
+    "Reference",
+    "find_reference",
+    "keep_previous",
+    "model_from_manifest",
+    "require_finite_reference",
+]
 
 
 class NoReferenceError(EdgeBiformerError):
@@ -48,6 +56,7 @@ def _pytorch(model: Any, description: str) -> Reference:
     def run(batches: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
 
+        require_finite_module(model, description)
         model.eval()
         with torch.inference_mode():
             return [model(torch.from_numpy(np.ascontiguousarray(b))).float().numpy() for b in batches]
@@ -59,6 +68,9 @@ def _onnxruntime(path: str) -> Reference:
     def run(batches: Sequence[np.ndarray]) -> list[np.ndarray]:
         import onnxruntime as ort
 
+        from edge_biformer.onnx_io import load_model
+
+        require_finite_initializers(load_model(path, check=False), path)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -138,6 +150,19 @@ def find_reference(manifest: dict[str, Any], outdir: Path, model: Any = None) ->
         "is at hand (its model.onnx, or the export a --from-onnx graph comes from, is missing or changed). "
         "Build from --model with --weights, or keep the export beside the graph"
     )
+
+
+def require_finite_reference(reference: Reference, outputs: Sequence[np.ndarray]) -> None:
+    """The reference's outputs must be finite: NaN/Inf there leaves nothing to judge against."""
+    rows = [np.asarray(o).reshape(len(o), -1) for o in outputs]
+    bad = sum(int((~np.isfinite(r)).any(axis=1).sum()) for r in rows)
+    if bad:
+        total = sum(len(r) for r in rows)
+        raise NonFiniteError(
+            f"the reference ({reference.description}) gives NaN/Inf outputs for {bad} of {total} check "
+            "inputs, although its weights are finite: the check cannot judge anything against it. Check the "
+            "inputs (preprocessed like the training data?) and the model (an overflow in float32?)"
+        )
 
 
 def keep_previous(path: Path) -> Path | None:

@@ -39,15 +39,16 @@ from edge_biformer.check.polygraphy_io import (
     save_polygraphy_inputs,
     save_polygraphy_outputs,
 )
-from edge_biformer.check.reference import Reference, find_reference, keep_previous
+from edge_biformer.check.reference import Reference, find_reference, keep_previous, require_finite_reference
 from edge_biformer.check.report import CheckReport, TargetResult, summary_line, write_report
 from edge_biformer.check.runners import Skip, Target, path_of, run_target
 from edge_biformer.check.tolerances import TOLERANCES
 from edge_biformer.engine.options import BatchProfile
 from edge_biformer.engine.stage import PLUGIN_LIBRARY_NAME
 from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.onnx_io import load_model
 from edge_biformer.stages import PRECISIONS, artifact_name
-from edge_biformer.utils import atomic_output, log, stage
+from edge_biformer.utils import atomic_output, log, require_writable_dir, stage
 
 __all__ = [
     "CheckOptions",
@@ -232,6 +233,12 @@ def compare_targets(
     results = []
     for target in targets:
         t0 = time.perf_counter()
+        broken = _unreadable(target)
+        if broken is not None:  # a truncated or foreign file fails its row, the others are still checked
+            scale = reference_info["logit_scale"]
+            results.append(_result(target, "fail", scale, inputs_json, reference_json, failures=[broken]))
+            log(f"check {target.name}: FAIL ({broken})")
+            continue
         try:
             outputs = run_target(target, batches)
         except Skip as skip:
@@ -258,6 +265,17 @@ def compare_targets(
     report = CheckReport(reference=reference_info, comparisons=results)
     write_report(report, outdir)
     return report
+
+
+def _unreadable(target: Target) -> str | None:
+    """Why an ONNX target cannot be read (truncated, empty, not ONNX), or ``None``."""
+    if target.kind == "tensorrt":
+        return None
+    try:
+        load_model(target.path, check=False, load_external_data=False)
+    except EdgeBiformerError as err:
+        return str(err)
+    return None
 
 
 def check_batches(data: Any, profile: BatchProfile, limit: int) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -329,6 +347,7 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     outdir = Path(options.outdir)
     own = manifest is None
     manifest = read_build_manifest(outdir) if manifest is None else manifest
+    require_writable_dir(outdir, "the build directory")
     profile = BatchProfile(**{k: manifest["profile"][k] for k in ("min", "opt", "max")})
     img_size = tuple(manifest["img_size"])
     targets = [
@@ -350,8 +369,11 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
                 "check/reference.json does not match check/inputs.json; rerun with --recompute"
             )
         ref = Reference(
-            previous.get("reference_runner", REFERENCE_RUNNER), previous.get("reference", "saved"), None
-        )  # type: ignore[arg-type]
+            previous.get("reference_runner", REFERENCE_RUNNER),
+            previous.get("reference", "saved"),
+            None,  # type: ignore[arg-type]
+            previous.get("reference_path"),
+        )
         summary = {
             **(manifest.get("check_data") or {}),
             "inputs": str(check_dir / "inputs.json"),
@@ -371,6 +393,7 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
             _save_labels(check_dir, labels)
         log(f"check: reference = {ref.description}")
         reference = ref.run(batches)
+    require_finite_reference(ref, reference)
     if ref.path is not None:  # the FP32 export is the reference: comparing it with itself shows nothing
         targets = [t for t in targets if Path(t.path).resolve() != Path(ref.path).resolve()]
     with stage("accuracy check") as st:
@@ -384,7 +407,12 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     for c in report.comparisons:
         where = "" if c.kind == "onnxrt" else "   # on the target GPU"
         print(f"  {c.command}{where}", flush=True)
-    manifest["check"] = {**report.summary(), "reference": ref.description, "reference_runner": ref.runner}
+    manifest["check"] = {
+        **report.summary(),
+        "reference": ref.description,
+        "reference_runner": ref.runner,
+        "reference_path": ref.path,
+    }
     if own:
         manifests.write_manifest(outdir / "manifest.json", manifest)
     return report

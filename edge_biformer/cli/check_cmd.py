@@ -26,7 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("outdir", metavar="OUTDIR", help="output directory of `edge-biformer build`")
     add_groups(parser, GROUPS)
     parser.add_argument(
-        "--recompute", action="store_true", help="recompute the reference on the saved inputs (FP32 PyTorch, else the FP32 export) instead of reusing it"
+        "--recompute",
+        action="store_true",
+        help=(
+            "recompute the reference on the saved inputs (FP32 PyTorch, else the FP32 export) instead of "
+            "reusing it"
+        ),
     )
     parser.set_defaults(func=run)
     return parser

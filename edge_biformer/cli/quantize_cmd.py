@@ -47,6 +47,19 @@ def run(args: argparse.Namespace) -> int:
             "representative images (or a .txt list / .npy of preprocessed tensors)"
         )
     quantize.run(options)
-    if args.precision == "int8":
-        log(f"next: edge-biformer rewrite {output} --output {output.with_name(output.stem + '.plugin.onnx')}")
+    _print_next(output, args.precision)
     return 0
+
+
+def _print_next(output: Path, precision: str) -> None:
+    """The rewrite where the graph has BRA blocks, else the build without one (both work as printed)."""
+    from edge_biformer.rewrite import analyse_model, load_onnx
+
+    if analyse_model(load_onnx(output))[2].found:
+        log(f"next: edge-biformer rewrite {output} --output {output.with_name(output.stem + '.plugin.onnx')}")
+        return
+    log("next (the graph has no BRA block to rewrite into the plugin):")
+    out_dir = Path(output.stem.replace(".", "_"))
+    print(
+        f"  edge-biformer build --from-onnx {output} --precision {precision} --no-rewrite --output {out_dir}"
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from edge_biformer.quantize.policy import exclude_patterns, node_policy
+from edge_biformer.quantize.source import load_source
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult, quiet_modelopt, require_modelopt
 from edge_biformer.utils import atomic_output
 
@@ -79,7 +80,7 @@ def quantize_fp16(
     ``keep_fp32`` adds node-name patterns (regular expressions) to keep in FP32.
     """
     start = time.perf_counter()
-    model = onnx.load(str(onnx_path))
+    model = load_source(onnx_path, "fp16")
     policy = node_policy(model)
     patterns = exclude_patterns(keep_fp32)
     extra = [n.name for n in model.graph.node if any(p.search(n.name) for p in patterns)]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_biformer.onnx_io import graph_kind
+from edge_biformer.onnx_io import graph_inputs
 from edge_biformer.quantize.calib_cache import (
     activation_scales,
     cache_matches,
@@ -31,13 +29,16 @@ from edge_biformer.quantize.calib_cache import (
 )
 from edge_biformer.quantize.fp16 import convert_fp16_model
 from edge_biformer.quantize.policy import fp32_nodes_after, node_policy
+from edge_biformer.quantize.source import calibration_batches, load_source, private_folder, write_private_copy
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult, quiet_modelopt, require_modelopt
-from edge_biformer.utils import atomic_output
+from edge_biformer.utils import atomic_output, log
 
 __all__ = ["CALIB_METHODS", "HIGH_PRECISIONS", "quantize_int8"]
 
 CALIB_METHODS = ("entropy", "max")
 HIGH_PRECISIONS = ("fp16", "fp32")
+#: Fewer calibration images than this get a warning.
+FEW_IMAGES = 32
 
 
 def _count(model: onnx.ModelProto, op_type: str) -> int:
@@ -74,21 +75,7 @@ def quantize_int8(
     start = time.perf_counter()
     onnx_path = Path(onnx_path)
     output = Path(output)
-    model = onnx.load(str(onnx_path))
-    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
-        raise QuantizationError(
-            f"{onnx_path} already contains custom-domain nodes (the plugin rewrite?): INT8 calibration "
-            "runs in onnxruntime on the plain export; quantize the output of `edge-biformer export` and "
-            "rewrite afterwards"
-        )
-    kind = graph_kind(model)
-    if kind == "qdq":
-        raise QuantizationError(f"{onnx_path} is already quantized (it has Q/DQ nodes)")
-    if kind == "fp16":
-        raise QuantizationError(
-            f"{onnx_path} is already converted to float16; INT8 calibration starts from the float32 export "
-            "(the output of `edge-biformer export`)"
-        )
+    model = load_source(onnx_path, "int8")
     policy = node_policy(model, exclude)
     if not policy.int8:
         raise QuantizationError(
@@ -96,10 +83,15 @@ def quantize_int8(
             f"{len(policy.excluded_by_user)} candidates)"
         )
     tensors = np.ascontiguousarray(calib_data.tensors, dtype=np.float32)
-    batch = min(int(calib_data.batch_size), len(tensors))
-    usable = (len(tensors) // batch) * batch  # modelopt splits the array into equal batches
-    if usable < len(tensors):
-        tensors = tensors[:usable]
+    if len(tensors) < FEW_IMAGES:
+        log(
+            f"WARNING: only {len(tensors)} calibration image(s): INT8 ranges from so few are noisy and "
+            "may not cover the inputs the model will see; a few hundred representative images are usual"
+        )
+    plan = calibration_batches(model, int(calib_data.batch_size), len(tensors))
+    if plan.note:
+        log(f"calibration: {plan.note}")
+    batch, tensors = plan.batch, tensors[: plan.usable]
     key = calib_cache_key(onnx_path, calib_data.sha256, method, policy)
     cache_path = Path(cache) if cache is not None else None
     if cache_path is not None and (cache_path.is_dir() or not cache_path.parent.is_dir()):
@@ -110,15 +102,16 @@ def quantize_int8(
     reuse = cache_path is not None and cache_matches(cache_path, key)
     feed = tensors[:batch] if reuse else tensors  # cached scales overwrite the ranges of one batch
     shape = "x".join(str(d) for d in (batch, *tensors.shape[1:]))
-    name = model.graph.input[0].name
+    name = graph_inputs(model)[0].name
     with (
         atomic_output(output, suffix=".onnx") as tmp,
-        tempfile.TemporaryDirectory(prefix="edge_biformer_q_") as work,
+        private_folder() as work,
         quiet_modelopt() as chatter,
     ):
-        # modelopt rewrites its input in place and leaves side files beside it: work on a copy.
-        private = Path(work) / "model.onnx"
-        shutil.copyfile(onnx_path, private)
+        # modelopt rewrites its input in place and writes intermediate graphs (model_named.onnx,
+        # model_opset19.onnx, ...) beside its input and output: both live in a private folder.
+        private = write_private_copy(model, work)
+        quantized_path = Path(work) / "quantized.onnx"
         try:
             mq.quantize(
                 str(private),
@@ -130,16 +123,17 @@ def quantize_int8(
                 calibration_eps=["cpu"],
                 nodes_to_quantize=[f"^{re.escape(n)}$" for n in policy.int8],
                 high_precision_dtype="fp32",
-                output_path=str(tmp),
+                output_path=str(quantized_path),
                 log_level="WARNING",
             )
         except Exception as err:
+            said = chatter.getvalue().strip()[-500:]
             raise QuantizationError(
                 f"INT8 quantization of {onnx_path} with nvidia-modelopt failed ({type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); modelopt said: "
-                f"{chatter.getvalue().strip()[-500:]}"
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})"
+                + (f"; modelopt said: {said}" if said else "")
             ) from err
-        quantized = onnx.load(str(tmp))
+        quantized = onnx.load(str(quantized_path))
         if _count(quantized, "QuantizeLinear") == 0:
             raise QuantizationError(f"modelopt inserted no Q/DQ node into {onnx_path}; nothing was quantized")
         scales = activation_scales(quantized)
@@ -161,6 +155,10 @@ def quantize_int8(
         calib_method=method,
         calib_cache=str(cache_path) if cache_path else None,
         calib_cache_reused=reuse,
-        calib_summary={**calib_data.summary(), "used_for_calibration": len(tensors)},
+        calib_summary={
+            **calib_data.summary(),
+            "used_for_calibration": len(tensors),
+            "calibration_batch": batch,
+        },
         excluded=policy.excluded_by_user,
     )

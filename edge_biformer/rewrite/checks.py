@@ -222,9 +222,12 @@ def bypass_fake_quant(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         for i, name in enumerate(node.input):
             if name in rewire:
                 node.input[i] = rewire[name]
-    for output in copy.graph.output:  # a graph output behind a Q/DQ pair: an Identity of the float value
-        if output.name in rewire:
-            copy.graph.node.append(onnx.helper.make_node("Identity", [rewire[output.name]], [output.name]))
+    outputs = {o.name for o in copy.graph.output} & set(rewire)
+    for node in copy.graph.node:  # a graph output behind a Q/DQ pair: the DQ gives up its name ...
+        if node.op_type == "DequantizeLinear" and node.output[0] in outputs:
+            node.output[0] += "/fake_quant_bypassed"
+    for name in sorted(outputs):  # ... to an Identity of the float value
+        copy.graph.node.append(onnx.helper.make_node("Identity", [rewire[name]], [name]))
     return copy, len(rewire)
 
 

@@ -18,6 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from edge_biformer import manifest as manifests
+from edge_biformer.check.finite import require_finite_initializers
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.onnx_io import graph_precision, load_model, save_model
 from edge_biformer.ops.bra import CONTRACT
@@ -376,6 +377,7 @@ def run(options: RewriteOptions) -> RewriteReport:
     source, output = Path(options.source), check_onnx_output(options.output, options.source)
     with stage("load onnx") as st:
         model = load_onnx(source)
+        require_finite_initializers(model, source, RewriteError)  # NaN weights "match" NaN outputs
         st.output = source
         st.details.append(f"{len(model.graph.node)} nodes")
     with stage("find bra blocks") as st:

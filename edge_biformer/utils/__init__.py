@@ -4,6 +4,7 @@ from edge_biformer.utils.fileio import (
     atomic_output,
     check_onnx_output,
     file_size_str,
+    require_writable_dir,
     sha256_file,
 )
 from edge_biformer.utils.log import log, stage
@@ -13,6 +14,7 @@ __all__ = [
     "check_onnx_output",
     "file_size_str",
     "log",
+    "require_writable_dir",
     "sha256_file",
     "stage",
 ]

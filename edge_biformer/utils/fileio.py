@@ -36,6 +36,34 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
             tmp.unlink()
 
 
+def require_writable_dir(folder: str | os.PathLike[str], option: str = "--output") -> None:
+    """Fail now, not after minutes of work, if files cannot be written into ``folder``.
+
+    ``folder`` need not exist yet: its nearest existing ancestor must be a directory in which a
+    file can be created (probed with a real temporary file, so read-only mounts and permissions
+    are caught for any user, root included).
+    """
+    from edge_biformer.errors import EdgeBiformerError
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EdgeBiformerError(
+            f"{option} {folder}: {existing} is a file, not a folder; choose an output path in a folder"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edge_biformer_probe_", dir=existing)
+    except OSError as err:
+        raise EdgeBiformerError(
+            f"{option} {folder}: cannot write into {existing} ({err.strerror or err}); choose a folder you "
+            "can write to, or fix its permissions, before the work starts"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_onnx_output(output: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> Path:
     """Validate an ``--output`` path for an ONNX file (and that it is not the ``source`` itself)."""
     from edge_biformer.errors import EdgeBiformerError
@@ -50,6 +78,7 @@ def check_onnx_output(output: str | os.PathLike[str], source: str | os.PathLike[
             f"--output {output} is the input itself; write the result to a new file (the input stays the "
             "reference that the checks and the manifest refer to)"
         )
+    require_writable_dir(output.parent)
     return output
 
 

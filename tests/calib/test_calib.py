@@ -66,6 +66,12 @@ def test_folder_recursive_mixed_files_and_corrupt_images(tmp_path: Path) -> None
     assert data.skipped_unreadable == 2
     assert data.ignored_non_image == 2
     assert "2 unreadable skipped" in data.log_line() and "2 non-image files ignored" in data.log_line()
+    # the unreadable files are named, in the log line and in the summary a manifest records
+    assert "broken.jpg" in data.log_line() and "truncated.png" in data.log_line()
+    assert sorted(Path(f.split(":")[0]).name for f in data.summary()["unreadable_files"]) == [
+        "broken.jpg",
+        "truncated.png",
+    ]
     assert [b.shape[0] for b in data.batches()] == [3, 1]
     assert np.isfinite(data.tensors).all()
 
@@ -95,6 +101,36 @@ def test_missing_path_and_unknown_file_type(tmp_path: Path) -> None:
     other.write_bytes(b"x")
     with pytest.raises(CalibrationDataError, match=r"neither a folder"):
         calib.load(other, img_size=32)
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_wide_grayscale_images_are_scaled_not_clipped(tmp_path: Path, bits: int) -> None:
+    """A 16-bit PNG (mode I;16) or 32-bit TIFF (mode I): Pillow's convert("RGB") clips it to white."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64)
+    if bits == 16:
+        Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "g16.png")
+    else:
+        Image.fromarray(ramp.astype(np.int32), "I").save(tmp_path / "g32.tif")  # 32-bit TIFF
+    (path,) = tmp_path.iterdir()
+    with Image.open(path) as img:
+        assert img.mode in ("I;16", "I")
+        clipped = np.asarray(img.convert("RGB"), np.float64).mean()
+        scaled = np.asarray(calib.to_rgb8(img), np.float64)
+    assert clipped > 250  # what the plain conversion gives
+    assert scaled.mean() == pytest.approx(ramp.mean() / 257, abs=1.0)
+    assert scaled.min() == 0 and scaled.max() == 255
+    data = calib.load(tmp_path, img_size=32)
+    eight_bit = tmp_path / "eight" / "g8.png"
+    eight_bit.parent.mkdir()
+    Image.fromarray((ramp / 257).round().astype(np.uint8)).save(eight_bit)
+    same = calib.load(eight_bit.parent, img_size=32)
+    assert np.abs(data.tensors - same.tensors).max() < 0.03  # the same picture, not a white one
+
+
+def test_float_images_are_scaled(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    out = np.asarray(calib.to_rgb8(Image.fromarray(ramp, "F")), np.float64)
+    assert out.shape == (32, 32, 3) and out.mean() == pytest.approx(127.5, abs=1.0)
 
 
 def test_fewer_images_than_the_batch(tmp_path: Path) -> None:

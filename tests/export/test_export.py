@@ -130,8 +130,17 @@ def test_auto_pad_graph_takes_any_size(tmp_path, exporter: str) -> None:
 def test_input_size_rules() -> None:
     model = edge_biformer.create_model("biformer_tiny", **SMALL_W7)
     check_input_size(model, 224, 448)
-    with pytest.raises(EdgeBiformerError, match=r"height 225 does not fit.*multiple of n_win=7.*Use 224 or"):
+    with pytest.raises(EdgeBiformerError, match=r"height 225 does not fit.*sides 57, 29, 15.*are 224 or 333"):
         check_input_size(model, 225, 224)
+    # every size the message suggests is one the model runs at (the convs round up: 223 fits too)
+    from edge_biformer.export import valid_sizes_near
+
+    for size in (100, 225, 300, 640):
+        for suggested in valid_sizes_near(size, 7, [0, 1, 2]):
+            check_input_size(model, suggested, suggested)
+    check_input_size(model, 223, 223)
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 223, 223)).shape[-1] == model.config["num_classes"]
     padded = edge_biformer.create_model("biformer_tiny", auto_pad=True, **SMALL_W7)
     check_input_size(padded, 225, 301)
 

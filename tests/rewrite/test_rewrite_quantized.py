@@ -66,3 +66,37 @@ def test_a_plugin_graph_builds_only_at_its_precision(int8_graph: Path, tmp_path:
     err = capsys.readouterr().err
     assert rc == 2 and "graph of precision int8" in err and "--precision int8" in err
     assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_bypass_fake_quant_also_behind_a_graph_output() -> None:
+    """onnxruntime's quantize_static ends graphs with Q -> DQ -> output: the bypass keeps one producer."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edge_biformer.rewrite.checks import bypass_fake_quant
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
+    zero = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rdq"]),
+        helper.make_node("Neg", ["rdq"], ["n"]),
+        helper.make_node("QuantizeLinear", ["n", "s", "z"], ["nq"]),
+        helper.make_node("DequantizeLinear", ["nq", "s", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [scale, zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    bypassed, pairs = bypass_fake_quant(model)
+    assert pairs == 2
+    onnx.checker.check_model(bypassed)
+    x = np.array([-1.0, 0.3, 1.26, 2.0], np.float32)
+    run = ort.InferenceSession(bypassed.SerializeToString(), providers=["CPUExecutionProvider"]).run
+    np.testing.assert_array_equal(run(None, {"x": x})[0], -np.maximum(x, 0))  # no rounding to 0.5 steps
