@@ -31,7 +31,7 @@ from edge_biformer.quantize.fp16 import convert_fp16_model
 from edge_biformer.quantize.policy import fp32_nodes_after, node_policy
 from edge_biformer.quantize.source import calibration_batches, load_source, private_folder, write_private_copy
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult, quiet_modelopt, require_modelopt
-from edge_biformer.utils import atomic_output, log
+from edge_biformer.utils import atomic_output, heartbeat, log
 
 __all__ = ["CALIB_METHODS", "HIGH_PRECISIONS", "quantize_int8"]
 
@@ -103,9 +103,15 @@ def quantize_int8(
     feed = tensors[:batch] if reuse else tensors  # cached scales overwrite the ranges of one batch
     shape = "x".join(str(d) for d in (batch, *tensors.shape[1:]))
     name = graph_inputs(model)[0].name
+    what = (
+        f"int8: {'reusing the calibration cache' if reuse else f'calibrating on {len(tensors)} images'} "
+        f"(batches of {batch}, {method}) with modelopt"
+        + (", then FP16 for the other ops" if high_precision == "fp16" else "")
+    )
     with (
         atomic_output(output, suffix=".onnx") as tmp,
         private_folder() as work,
+        heartbeat(what),
         quiet_modelopt() as chatter,
     ):
         # modelopt rewrites its input in place and writes intermediate graphs (model_named.onnx,

@@ -7,12 +7,13 @@ from edge_biformer.utils.fileio import (
     require_writable_dir,
     sha256_file,
 )
-from edge_biformer.utils.log import log, stage
+from edge_biformer.utils.log import heartbeat, log, stage
 
 __all__ = [
     "atomic_output",
     "check_onnx_output",
     "file_size_str",
+    "heartbeat",
     "log",
     "require_writable_dir",
     "sha256_file",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,3 +43,29 @@ def stage(name: str) -> Iterator[StageResult]:
         parts.append(f"-> {os.fspath(result.output)} ({file_size_str(result.output)})")
     parts.extend(result.details)
     log("  ".join(parts))
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = 30.0) -> Iterator[None]:
+    """Say that long work is under way: ``<what> ...`` now, then ``still running (N s)`` every ``every`` s.
+
+    The lines go to the stream that was ``sys.stdout`` on entry, so a library that redirects
+    stdout inside the block (modelopt's chatter is kept out of the log that way) does not hide them.
+    """
+    stream = sys.stdout
+    print(f"{PREFIX} {what} ...", file=stream, flush=True)
+    start = time.perf_counter()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            elapsed = time.perf_counter() - start
+            print(f"{PREFIX} {what}: still running ({elapsed:.0f} s)", file=stream, flush=True)
+
+    thread = threading.Thread(target=beat, name="edge-biformer-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
