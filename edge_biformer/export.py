@@ -54,6 +54,8 @@ class ExportOptions:
     verify_batches: tuple[int, ...] = (1, 2)
     tolerance: float | None = None
     seed: int = 0
+    #: ``--target-trt``: write the graph for the ONNX parser of this TensorRT (see :func:`for_tensorrt`).
+    target_tensorrt: str | None = None
 
 
 @dataclass
@@ -217,6 +219,7 @@ def export_onnx(
     tolerance: float | None = None,
     seed: int = 0,
     provenance: dict[str, str] | None = None,
+    target_tensorrt: str | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``output`` and (by default) verify it against PyTorch.
 
@@ -237,6 +240,7 @@ def export_onnx(
             the tolerance table).
         seed: seed of the verification inputs.
         provenance: ``metadata_props`` entries for the graph (see :func:`edge_biformer.manifest.provenance`).
+        target_tensorrt: the TensorRT whose ONNX parser must import the graph as is (:func:`for_tensorrt`).
     """
     if exporter not in EXPORTERS:
         raise EdgeBiformerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -270,6 +274,8 @@ def export_onnx(
             )
             graph_model = onnx.load(str(tmp))
             onnx.checker.check_model(graph_model)
+            if target_tensorrt:
+                graph_model = for_tensorrt(graph_model, target_tensorrt, tmp)
         except EdgeBiformerError:
             raise
         except Exception as err:  # exporter internals: report them as one clear error
@@ -307,6 +313,32 @@ def export_onnx(
     return result
 
 
+def for_tensorrt(model: onnx.ModelProto, target: str, path: Path) -> onnx.ModelProto:
+    """The exported graph for the ONNX parser of TensorRT ``target``, written back to ``path``.
+
+    TensorRT 8.5/8.6 import opsets up to 17, and 8.5 has no LayerNormalization: the graph is converted by
+    :func:`edge_biformer.engine.onnx_compat.tensorrt8_graph` before the verification, which then checks
+    the converted graph against PyTorch. Newer TensorRT takes the export as it is.
+    """
+    from edge_biformer.engine.onnx_compat import PARSER_MAX_OPSET, tensorrt8_graph
+    from edge_biformer.engine.target import TensorRTTarget, parse_version
+
+    version = TensorRTTarget(parse_version(target), "--target-trt").version
+    if version >= (10, 0, 0):
+        return model
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > PARSER_MAX_OPSET:
+        raise EdgeBiformerError(
+            f"--target-trt {target}: the ONNX parser of TensorRT 8 imports opsets up to {PARSER_MAX_OPSET}; "
+            f"export with --opset {PARSER_MAX_OPSET} (the torchscript exporter)"
+        )
+    converted, notes = tensorrt8_graph(model, version)
+    for note in notes:
+        log(f"export for TensorRT {target}: {note}")
+    onnx.save(converted, str(path))
+    return converted
+
+
 def run(options: ExportOptions, model: nn.Module | None = None) -> ExportResult:
     """The export stage: build the model (unless given), export, verify, write the side-car manifest.
 
@@ -341,6 +373,7 @@ def run(options: ExportOptions, model: nn.Module | None = None) -> ExportResult:
             tolerance=options.tolerance,
             seed=options.seed,
             provenance=manifests.provenance(record),
+            target_tensorrt=options.target_tensorrt,
         )
         st.output = output
         st.details.append(f"input {result.input_shape} opset {result.opset}")

@@ -161,6 +161,10 @@ def _engine(b: _Build) -> None:
     if record.built:
         b.record("engine", Path(record.path))
         return
+    if record.target is not None:
+        t = record.target
+        typing = "strongly" if t.strongly_typed else "weakly"
+        log(f"target: {t.label()}: {t.plugin_interface}, {typing} typed")
     if opts.implicit_int8:
         # trtexec has no calibrator of its own data: without our cache it would calibrate on noise.
         log("build it on the target GPU with (it calibrates there and writes the calibration cache):")
@@ -169,7 +173,15 @@ def _engine(b: _Build) -> None:
     else:
         log("build it on the target GPU with either of:")
         print(f"  {b.manifest['engine']['build_command']}", flush=True)
-    print(f"  {record.trtexec}", flush=True)
+    for family, command in record.commands.items():
+        # One line per TensorRT major when the target is unknown: trtexec exits on options it lacks.
+        label = f"  # TensorRT {family}" if record.target is None and "#" not in command else ""
+        print(f"  {command}{label}", flush=True)
+    if record.target is None:
+        log(
+            "TensorRT 8.5/8.6 (JetPack 5.1/6.0): add --target-trt 8.5 or 8.6 (or run the first command on "
+            "the Jetson) for the graph their ONNX parser takes and its trtexec line (docs/jetson.md)"
+        )
 
 
 def _check(b: _Build) -> None:
@@ -205,6 +217,8 @@ def _target_build_command(b: _Build, record: Any) -> str:
         args += ["--opt-level", str(e.opt_level)]
     if e.dla_core is not None:
         args += ["--dla-core", str(e.dla_core)]
+    if e.target_tensorrt:
+        args += ["--target-trt", e.target_tensorrt]
     if e.implicit_int8:
         # The implicit calibrator runs on the target: it needs the images there too.
         source = getattr(b.calib, "source", None)

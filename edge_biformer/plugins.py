@@ -155,6 +155,11 @@ def load(registry: Any = None) -> Any:
         trt = _import_tensorrt()
         handle: Any = _cdll(path)
         check_registry = trt.get_plugin_registry()
+    elif not hasattr(registry, "load_library"):
+        raise EdgeBiformerError(
+            "this TensorRT (8.5) has no IPluginRegistry.load_library; call edge_biformer.plugins.load() "
+            "without a registry: the library registers its creator while it is loaded"
+        )
     else:
         handle = registry.load_library(str(path))
         check_registry = registry
@@ -178,11 +183,18 @@ def load(registry: Any = None) -> Any:
 
 
 def find_creator(registry: Any) -> Any:
-    """The ``BiLevelRoutingAttention`` creator in a TensorRT plugin registry, or ``None``."""
-    get_creator = getattr(registry, "get_creator", None)
-    if get_creator is not None:
-        return get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
-    for creator in getattr(registry, "all_creators", None) or []:
+    """The ``BiLevelRoutingAttention`` creator in a TensorRT plugin registry, or ``None``.
+
+    TensorRT >= 10 registries hold the ``IPluginCreatorV3One`` (``get_creator``), TensorRT 8 ones the
+    ``IPluginCreator`` of the library built for them (``get_plugin_creator``).
+    """
+    for lookup in ("get_creator", "get_plugin_creator"):
+        get_creator = getattr(registry, lookup, None)
+        if get_creator is not None:
+            return get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+    for creator in (
+        getattr(registry, "all_creators", None) or getattr(registry, "plugin_creator_list", None) or []
+    ):
         if (
             getattr(creator, "name", None) == PLUGIN_NAME
             and getattr(creator, "plugin_version", None) == PLUGIN_VERSION

@@ -23,7 +23,8 @@ class Precision:
     ``ort_optimization`` the onnxruntime graph optimization level its graphs are checked at on the
     CPU (onnxruntime mis-executes float16 Q/DQ graphs when optimizing,
     :func:`edge_biformer.runtime.cpu.runs_unoptimized`); ``trtexec`` and ``polygraphy`` the flags that
-    build its engine strongly typed.
+    build its engine strongly typed (TensorRT >= 10); ``trtexec_weak`` and ``polygraphy_weak`` those of the
+    weakly typed build of TensorRT 8.5/8.6, which has no strong typing and needs precision flags.
     """
 
     name: str
@@ -33,6 +34,8 @@ class Precision:
     trtexec: tuple[str, ...]
     polygraphy: tuple[str, ...]
     doc: str
+    trtexec_weak: tuple[str, ...] = ()
+    polygraphy_weak: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ PRECISIONS: dict[str, Precision] = {
             ("--stronglyTyped", "--noTF32"),
             (),
             "float32 throughout; TF32 off so the engine matches PyTorch",
+            ("--noTF32",),
+            (),
         ),
         Precision(
             "fp16",
@@ -68,6 +73,8 @@ PRECISIONS: dict[str, Precision] = {
             ("--stronglyTyped",),
             ("--strongly-typed",),
             "FP16 compute, float32 I/O; LayerNorm and the routing stay FP32",
+            ("--fp16",),
+            ("--fp16",),
         ),
         Precision(
             "int8",
@@ -77,6 +84,8 @@ PRECISIONS: dict[str, Precision] = {
             ("--stronglyTyped",),
             ("--strongly-typed",),
             "INT8 Q/DQ on weighted ops (calibrated on the CPU), the rest FP16 with LayerNorm/routing FP32",
+            ("--int8", "--fp16"),
+            ("--int8", "--fp16"),
         ),
     )
 }

@@ -84,7 +84,7 @@ done
 if [[ -z "${found_header}" ]]; then
     die "the TensorRT headers (NvInferRuntime.h) are not in ${header_dirs[*]}. Pass --tensorrt-root DIR" \
         "(a TensorRT tar/zip installation) or --tensorrt-include DIR, or set TENSORRT_ROOT; on JetPack install" \
-        "the libnvinfer-dev package. TensorRT 10.0 or newer is required."
+        "the libnvinfer-dev package. TensorRT 8.5 or newer is required (docs/jetson.md)."
 fi
 
 command -v cmake >/dev/null 2>&1 || die "cmake (3.19 or newer) is not installed: apt-get install cmake, or pip install cmake."

@@ -3,7 +3,9 @@
 Inputs and reference outputs are written in Polygraphy's own formats (``inputs.json``: a list of
 feed dicts, one per batch; ``reference.json``: ``RunResults`` of a runner named ``pytorch``), so
 every comparison can be rerun by hand with ``polygraphy run ... --load-inputs inputs.json
---load-outputs reference.json``.
+--load-outputs reference.json``. The printed options exist from Polygraphy 0.53.6 (the pinned minimum;
+tests/engine/test_commands.py checks them against it); the TensorRT build of a plugin graph is strongly
+typed for TensorRT >= 10 and uses precision flags for 8.5/8.6 (``Target.tensorrt``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,15 @@ def polygraphy_compare(
     return bool(verdict)
 
 
+def _strongly_typed(tensorrt: str | None) -> bool:
+    """Whether the target TensorRT builds strongly typed networks (unknown: the default, TensorRT >= 10)."""
+    if not tensorrt:
+        return True
+    from edge_biformer.engine.target import parse_version
+
+    return parse_version(tensorrt) >= (10, 0, 0)
+
+
 def polygraphy_command(
     target: Target, inputs_json: str, reference_json: str, atol: float, rtol: float, stat: str
 ) -> str:
@@ -135,7 +146,7 @@ def polygraphy_command(
         args += ["--trt"]
         if target.plugin_library:
             args += ["--plugins", target.plugin_library]
-        args += list(precision.polygraphy)
+        args += list(precision.polygraphy if _strongly_typed(target.tensorrt) else precision.polygraphy_weak)
         for level in ("min", "opt", "max"):
             if target.profile_shapes and level in target.profile_shapes:
                 dims = ",".join(str(d) for d in target.profile_shapes[level])

@@ -33,6 +33,9 @@ class Target:
     #: The optimisation profile's input shapes ({"min": [N, 3, H, W], "opt": ..., "max": ...}), for
     #: the TensorRT build of an ONNX target (polygraphy's default profile would be batch 1).
     profile_shapes: dict[str, list[int]] | None = None
+    #: The target TensorRT version ("8.6.2"; the manifest's ``engine.target.tensorrt``), for the flags of
+    #: the printed Polygraphy command; ``None``: TensorRT >= 10.
+    tensorrt: str | None = None
 
 
 class Skip(Exception):
@@ -57,8 +60,19 @@ def _cpu_session(path: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _tensorrt(path: str, plugin_library: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """The engine on one batch, through Polygraphy's ``TrtRunner``."""
-    from edge_biformer.engine.tensorrt import load_plugin_library, missing_reason, tensorrt_available
+    """The engine on one batch, through Polygraphy's ``TrtRunner``.
+
+    The engine is deserialized with a ``trt.Runtime`` of the process-wide logger
+    (:func:`edge_biformer.engine.tensorrt.logger`, the one the plugin library and the builder use),
+    not with a loader of Polygraphy's, which would make a second logger.
+    """
+    from edge_biformer.engine.tensorrt import (
+        import_tensorrt,
+        load_plugin_library,
+        logger,
+        missing_reason,
+        tensorrt_available,
+    )
 
     if not tensorrt_available():
         raise Skip(missing_reason())
@@ -67,14 +81,22 @@ def _tensorrt(path: str, plugin_library: str | None) -> Callable[[np.ndarray], n
             f"the engine {path} has not been built yet: run the engine.build_command of manifest.json "
             "on the target GPU"
         )
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.backend.trt import TrtRunner
 
-    load_plugin_library(plugin_library)
-    runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))))
+    trt = import_tensorrt()
+    load_plugin_library(plugin_library, trt)
+    runtime = trt.Runtime(logger(trt))
+    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+    if engine is None:
+        raise Skip(
+            f"TensorRT could not deserialize {path} (see the TensorRT messages above): it was built by "
+            "another TensorRT version or without the plugin library; rebuild it on this machine"
+        )
+    runner = TrtRunner(engine)
     runner.activate()
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray, _keep: tuple[object, ...] = (runtime, engine)) -> np.ndarray:
+        # _keep: the runtime must outlive its engine, and both the runner.
         outputs = runner.infer({INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         value = next(iter(outputs.values()))
         return np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float32)

@@ -177,6 +177,13 @@ class ExportArgs(ArgGroup):
             "--static-batch", type=int, metavar="N", help="fixed batch size instead of a dynamic batch"
         )
         group.add_argument(
+            "--target-trt",
+            metavar="VERSION",
+            help="write a graph the ONNX parser of this TensorRT imports as is: 8.5 (JetPack 5.1: opset 17, "
+            "LayerNormalization as primitive ops) or 8.6 (JetPack 6.0: opset 17); for fp32 graphs and "
+            "trtexec (fp16/int8: pass it to build, whose engine stage converts the quantized graph)",
+        )
+        group.add_argument(
             "--tolerance", type=float, default=1e-4, help="max |onnx - torch| / max |torch| (default 1e-4)"
         )
         group.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
@@ -196,6 +203,8 @@ class ExportArgs(ArgGroup):
             exporter=args.exporter,
             verify=not getattr(args, "no_verify", False),
             tolerance=getattr(args, "tolerance", None),
+            # build's --target-trt belongs to its engine stage (EngineArgs), not to the export
+            target_tensorrt=getattr(args, "target_trt", None) if self.full else None,
         )
 
 
@@ -337,6 +346,13 @@ class EngineArgs(ArgGroup):
         group.add_argument(
             "--plugin-library", metavar="PATH", help="default: edge_biformer.plugins.library_path()"
         )
+        group.add_argument(
+            "--target-trt",
+            metavar="VERSION",
+            help="TensorRT of the target, e.g. 8.5 (JetPack 5.1), 8.6 (JetPack 6.0), 10.3, 11: plugin "
+            "interface, build mode and trtexec flags (default: the installed TensorRT, else the Jetson's "
+            "JetPack, else the commands of each TensorRT major)",
+        )
 
     @staticmethod
     def options(args: argparse.Namespace, precision: str, output_dir: Path) -> Any:
@@ -354,6 +370,7 @@ class EngineArgs(ArgGroup):
             plugin_library=args.plugin_library,
             int8_mode=args.int8_mode,
             calib_method=args.calib_method,
+            target_tensorrt=getattr(args, "target_trt", None),
         )
 
 

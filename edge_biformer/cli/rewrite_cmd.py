@@ -42,12 +42,19 @@ def run(args: argparse.Namespace) -> int:
     output = check_onnx_output(args.output, source)
     report = rewrite.run(RewriteArgs.options(args, source, output))
     log("next:")
+    # The commands for the graph's own precision; trtexec's options depend on its version: one line per
+    # TensorRT major (TensorRT 8.5/8.6 first need the graph their parser takes: build --target-trt 8.5|8.6).
+    from edge_biformer.engine import BatchProfile, EngineOptions, trtexec_commands
+    from edge_biformer.engine.stage import PLUGIN_LIBRARY_NAME
+
     build = f"edge-biformer build --from-onnx {output} --precision {report.precision}"
     print(f"  {build} --output {output.stem}_engine")
-    print(
-        f"  trtexec --onnx={output} --stronglyTyped "
-        "--plugins=<libedge_biformer_plugins.so from scripts/build_plugins.sh>  # on the target GPU"
+    options = EngineOptions(
+        report.precision, (224, 224), BatchProfile(1, 1, 1), plugin_library=f"/path/to/{PLUGIN_LIBRARY_NAME}"
     )
+    engine_path = output.with_suffix(".engine")
+    for family, command in trtexec_commands(output, engine_path, options, None, shapes=False).items():
+        print(f"  {command}  # TensorRT {family}, on the target GPU")
     print(
         f"  python -c \"import edge_biformer; s = edge_biformer.cpu_session('{output}')\"  # run on the CPU"
     )

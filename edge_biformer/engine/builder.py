@@ -4,9 +4,15 @@
   parsed from the precision-specific ONNX (fp32, mixed fp16, or int8 Q/DQ); the types in the graph
   decide every layer's precision, so no precision flags are set. For fp32, TF32 is disabled so
   the engine matches PyTorch's FP32 within the fp32 tolerance.
-* TensorRT < 10.1 (JetPack 5 / 6.0) can also use implicit INT8 with a calibrator
-  (``int8_mode="calibrator"``, :mod:`.calibrator`): a weakly typed network from the FP32 rewritten
-  ONNX, FP16 + INT8 builder flags, with a calibration cache.
+* TensorRT 8.5/8.6 (JetPack 5.1 / 6.0) has no strongly typed networks: an explicit-batch, *weakly typed*
+  network from the graph the engine stage made for that parser (:mod:`.onnx_compat`), with the
+  precision flags the graph's types ask for (``FP16`` for float16 tensors, ``INT8`` for Q/DQ nodes) and
+  each layer asked (``PREFER_PRECISION_CONSTRAINTS``) to keep the precision its ONNX types give it, so
+  LayerNorm and the routing stay FP32 as in a strongly typed build; Q/DQ-fed layers are left to
+  explicit quantization.
+* TensorRT < 10.1 can also use implicit INT8 with a calibrator (``int8_mode="calibrator"``,
+  :mod:`.calibrator`): a weakly typed network from the FP32 rewritten ONNX, FP16 + INT8 builder flags,
+  with a calibration cache.
 
 Common: the plugin library is loaded into the plugin registry before parsing; one optimisation
 profile (min/opt/max batch); workspace limit; builder optimisation level; a timing cache read
@@ -35,6 +41,7 @@ from edge_biformer.engine.tensorrt import (
     logger,
     tensorrt_version,
 )
+from edge_biformer.onnx_io import graph_precision
 from edge_biformer.utils import atomic_output, sha256_file
 
 __all__ = ["EngineResult", "build_engine"]
@@ -73,6 +80,64 @@ def _timing_cache(config: Any, path: str, notes: list[str]) -> Any:
     return cache
 
 
+def _weakly_typed(trt: Any, network: Any, config: Any, precision: str, onnx_path: Any) -> str:
+    """TensorRT 8: the precision flags of the graph's types, and each layer kept in its ONNX precision."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    has_fp16 = any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)
+        for n in model.graph.node
+    )
+    flags = []
+    if has_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        flags.append("FP16")
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        flags.append("INT8")
+    pinned = _pin_layer_precisions(trt, network) if flags else 0
+    if pinned:
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    return (
+        f"weakly typed (TensorRT 8): flags {', '.join(flags) or 'none'}; {pinned} layers asked to keep the "
+        "precision of their ONNX types"
+    )
+
+
+def _pin_layer_precisions(trt: Any, network: Any) -> int:
+    """Set the precision and output types of each float layer to its tensors' types (the ONNX types)."""
+    floats = {trt.float32, trt.float16}
+    left_alone = {
+        getattr(trt.LayerType, name)
+        for name in ("QUANTIZE", "DEQUANTIZE", "CONSTANT", "SHAPE", "PLUGIN_V2", "PLUGIN_V3", "IDENTITY")
+        if hasattr(trt.LayerType, name)
+    }
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    dequantized = {
+        layer.get_output(0).name
+        for layer in layers
+        if layer.type == getattr(trt.LayerType, "DEQUANTIZE", None)
+    }
+    pinned = 0
+    for layer in layers:
+        if layer.type in left_alone:
+            continue
+        inputs = [layer.get_input(k) for k in range(layer.num_inputs)]
+        if any(i is not None and i.name in dequantized for i in inputs):
+            continue  # explicit quantization decides (INT8 with the Q/DQ scales)
+        types = {layer.get_output(j).dtype for j in range(layer.num_outputs)}
+        if len(types) != 1 or not types <= floats:
+            continue
+        dtype = types.pop()
+        layer.precision = dtype
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, dtype)
+        pinned += 1
+    return pinned
+
+
 def build_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
@@ -94,16 +159,12 @@ def build_engine(
     load_plugin_library(options.plugin_library, trt)
     builder = trt.Builder(log)
     implicit_int8 = options.implicit_int8
-    strongly_typed = not implicit_int8 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    # Strongly typed from TensorRT 10 (9.x had the flag too, but not the IPluginV3 the library has there).
+    strongly_typed = not implicit_int8 and version >= (10, 0, 0)
     if implicit_int8 and version >= (10, 1, 0):
         raise EngineBuildError(
             f"--int8-mode calibrator needs TensorRT < 10.1 (found {trt.__version__}, where implicit INT8 "
             "calibration is deprecated); use the default --int8-mode qdq"
-        )
-    if not implicit_int8 and not strongly_typed:
-        raise EngineBuildError(
-            f"TensorRT {trt.__version__} has no strongly typed networks (TensorRT >= 10 needed); on JetPack "
-            "5 / 6.0 use --int8-mode calibrator for INT8, or upgrade TensorRT"
         )
     flags = 0
     if strongly_typed:
@@ -111,6 +172,8 @@ def build_engine(
     if version < (10, 0, 0):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
+    # Parser flags: 8.5 has none; 8.6's only one (NATIVE_INSTANCENORM, default on from 10) concerns
+    # InstanceNormalization, which these graphs do not hold, so every version parses with its defaults.
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -121,8 +184,8 @@ def build_engine(
     config = builder.create_builder_config()
     if options.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    if options.opt_level is not None:
-        config.builder_optimization_level = options.opt_level
+    if options.opt_level is not None and hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = options.opt_level  # TensorRT >= 8.6
     if options.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
@@ -130,6 +193,10 @@ def build_engine(
     profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
     notes: list[str] = []
+    if options.opt_level is not None and not hasattr(config, "builder_optimization_level"):
+        notes.append(f"--opt-level ignored: TensorRT {trt.__version__} has no builder optimization level")
+    if not strongly_typed and not implicit_int8:
+        notes.append(_weakly_typed(trt, network, config, graph_precision(onnx_path), onnx_path))
     if options.dla_core is not None:
         if builder.num_DLA_cores == 0:
             raise EngineBuildError(f"--dla-core {options.dla_core}: this device has no DLA core")

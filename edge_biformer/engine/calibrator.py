@@ -3,6 +3,11 @@
 Batches of :mod:`edge_biformer.calib` are copied to the GPU through cuda-python (or pycuda) and fed
 in fixed-size chunks (the profile's opt batch). The calibration cache is reused only for the same
 graph, data and method (its key sits beside it in ``<cache>.json``).
+
+The buffers live in the device's *primary* CUDA context, the one TensorRT and the CUDA runtime use:
+cuda-python's runtime API allocates there, and pycuda is pointed at it (``pycuda.autoprimaryctx``)
+rather than at a context of its own (``pycuda.autoinit`` would create and push a new one in the middle
+of the build, where TensorRT's device pointers are not valid).
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ class _DeviceBuffer:
             self.ptr = int(ptr)
             return
         try:
-            import pycuda.autoinit  # noqa: F401
             import pycuda.driver as cuda
         except ImportError:
             raise EngineBuildError(
                 "the INT8 calibrator needs cuda-python (pip install cuda-python) or pycuda to copy "
                 "calibration batches to the GPU"
             ) from None
+        _use_primary_context(cuda)
         self._pycuda = cuda
         self._alloc = cuda.mem_alloc(nbytes)
         self.ptr = int(self._alloc)
@@ -67,7 +72,22 @@ class _DeviceBuffer:
         """Release the allocation."""
         if self._cudart is not None and self.ptr:
             self._cudart.cudaFree(self.ptr)
-            self.ptr = 0
+        elif self._cudart is None and self.ptr:
+            self._alloc.free()
+        self.ptr = 0
+
+
+def _use_primary_context(cuda: Any) -> None:
+    """Make pycuda allocate in the context current here (TensorRT's), or in the primary context if none is."""
+    cuda.init()
+    if cuda.Context.get_current() is None:
+        try:
+            import pycuda.autoprimaryctx  # noqa: F401  retains and pushes the device's primary context
+        except ImportError:
+            raise EngineBuildError(
+                "pycuda is too old for the INT8 calibrator (it needs pycuda.autoprimaryctx, pycuda >= "
+                "2021.1); pip install 'pycuda>=2022.2' or cuda-python"
+            ) from None
 
 
 def make_calibrator(trt: Any, batches: Callable[[], Iterator[np.ndarray]], options: EngineOptions) -> Any:

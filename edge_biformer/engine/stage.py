@@ -1,22 +1,35 @@
 """The engine stage: build the TensorRT plan where TensorRT and a GPU are present, else say how.
 
-:func:`run` is what ``edge-biformer build`` runs after the rewrite. Where TensorRT is absent it
-builds nothing and returns the equivalent ``trtexec`` line (and the reason), which the pipeline
-prints with the ``edge-biformer build --from-onnx`` command that finishes the job on the target.
+:func:`run` is what ``edge-biformer build`` runs after the rewrite. The target TensorRT
+(:func:`~edge_biformer.engine.target.detect_target`: ``--target-trt``, the installed TensorRT, or the
+Jetson's JetPack) decides the plugin interface, the build mode (strongly typed from TensorRT 10,
+weakly typed with precision flags on 8.5/8.6) and the flags of the printed ``trtexec`` lines; for
+TensorRT 8.5/8.6 the stage first writes the graph that version's ONNX parser takes
+(``<graph>.trt8.5.onnx`` / ``.trt8.6.onnx``, :mod:`.onnx_compat`) and builds or prints from it. Where
+TensorRT is absent, or is another version than the target, it builds nothing and returns the
+``trtexec`` lines (one per TensorRT major when the target is unknown) and the reason, which the
+pipeline prints with the ``edge-biformer build --from-onnx`` command that finishes the job on the target.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edge_biformer import manifest as manifests
 from edge_biformer.engine.builder import EngineResult, build_engine
-from edge_biformer.engine.options import EngineOptions, trtexec_command
-from edge_biformer.engine.tensorrt import EngineBuildError, missing_reason, tensorrt_available
+from edge_biformer.engine.onnx_compat import tensorrt8_graph
+from edge_biformer.engine.options import EngineOptions, trtexec_commands
+from edge_biformer.engine.target import TensorRTTarget, detect_target
+from edge_biformer.engine.tensorrt import (
+    EngineBuildError,
+    missing_reason,
+    tensorrt_available,
+    tensorrt_version,
+)
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.onnx_io import graph_kind
+from edge_biformer.onnx_io import graph_kind, load_model, save_model
 from edge_biformer.utils import log, sha256_file, stage
 
 __all__ = ["PLUGIN_LIBRARY_NAME", "EngineRecord", "resolve_plugin_library", "run"]
@@ -34,6 +47,12 @@ class EngineRecord:
     plugin_library: dict[str, Any]
     reason: str | None = None
     result: EngineResult | None = None
+    #: The target TensorRT (``None``: unknown), and the trtexec line per TensorRT family it was made for.
+    target: TensorRTTarget | None = None
+    commands: dict[str, str] = field(default_factory=dict)
+    #: The graph TensorRT parses (the source, or the one written for TensorRT 8's parser) and what changed.
+    onnx: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_manifest(self) -> dict[str, Any]:
         """The build manifest's ``engine`` section."""
@@ -41,6 +60,10 @@ class EngineRecord:
             "path": Path(self.path).name if self.built else None,
             "built": self.built,
             "trtexec": self.trtexec,
+            "trtexec_by_tensorrt": self.commands,
+            "target": self.target.to_dict() if self.target else None,
+            "onnx": self.onnx,
+            "onnx_notes": self.notes,
         }
         if self.result is not None:
             record.update({k: v for k, v in asdict(self.result).items() if k != "path"})
@@ -61,6 +84,28 @@ def resolve_plugin_library(explicit: str | None) -> tuple[str | None, str]:
         return str(plugins.library_path()), "edge_biformer.plugins.library_path()"
     except EdgeBiformerError as err:
         return None, str(err)
+
+
+def _graph_for_tensorrt8(source: Path, output: Path, target: TensorRTTarget) -> tuple[Path, list[str]]:
+    """Write the graph TensorRT 8.5/8.6's parser takes next to the engine; returns it and what changed."""
+    model, notes = tensorrt8_graph(load_model(source, check=False), target.version)
+    path = output.with_name(f"{source.stem}.trt{target.family}.onnx")
+    save_model(model, path)
+    log(f"engine: {path.name} for {target.label()}: " + ("; ".join(notes) or "unchanged"))
+    return path, notes
+
+
+def _not_here(target: TensorRTTarget | None) -> str | None:
+    """Why the engine cannot be built on this machine (``None``: it can)."""
+    if not tensorrt_available():
+        return missing_reason()
+    installed = tensorrt_version() or (0, 0, 0)
+    if target is not None and installed[:2] != target.version[:2]:
+        return (
+            f"the target is {target.label()} but TensorRT {'.'.join(map(str, installed))} is installed here; "
+            "an engine runs only with the TensorRT version that built it, so build it on the target"
+        )
+    return None
 
 
 def run(options: EngineOptions) -> EngineRecord:
@@ -89,11 +134,17 @@ def run(options: EngineOptions) -> EngineRecord:
             options.calib_key = (
                 f"{sha256_file(source)}:{options.calib.sha256}:{options.calib_method}:{options.batch.opt}"
             )
-    command = trtexec_command(source, output, options)
-    if not tensorrt_available():
-        reason = missing_reason()
+    target = detect_target(options.target_tensorrt)
+    parsed, notes = source, []
+    if target is not None and not target.strongly_typed:
+        parsed, notes = _graph_for_tensorrt8(source, output, target)
+    commands = trtexec_commands(parsed, output, options, target)
+    plan = {"target": target, "commands": commands, "onnx": str(parsed), "notes": notes}
+    command = next(iter(commands.values()), "")
+    reason = _not_here(target)
+    if reason:
         log(f"engine: not built here. {reason}.")
-        return EngineRecord(str(output), False, command, library, reason=reason)
+        return EngineRecord(str(output), False, command, library, reason=reason, **plan)
     if needs_plugin and lib is None:
         raise EngineBuildError(
             f"the engine needs the plugin library ({found_by}); build it or pass --plugin-library"
@@ -101,11 +152,11 @@ def run(options: EngineOptions) -> EngineRecord:
     with stage("tensorrt engine") as st:
         calib = options.calib
         result = build_engine(
-            source, output, options, calib_batches=(lambda: calib.batches()) if calib is not None else None
+            parsed, output, options, calib_batches=(lambda: calib.batches()) if calib is not None else None
         )
         st.output = output
         st.details.append(f"TensorRT {result.tensorrt_version}, strongly typed {result.strongly_typed}")
-    record = EngineRecord(str(output), True, command, library, result=result)
+    record = EngineRecord(str(output), True, command, library, result=result, **plan)
     manifests.write_manifest(
         manifests.manifest_path(output),
         manifests.make_manifest(

@@ -92,11 +92,13 @@ def load_plugin_library(path: str | os.PathLike[str] | None, trt: Any | None = N
             f"plugin library {path} does not exist: build it (plugins/, CMake) or pass --plugin-library"
         )
     trt = trt or import_tensorrt()
+    # libnvinfer_plugin keeps this pointer (plugin/api/inferPlugin.cpp): the process-wide logger, never a
+    # temporary one.
     trt.init_libnvinfer_plugins(logger(trt), "")
     registry = trt.get_plugin_registry()
-    if hasattr(registry, "load_library"):
+    if hasattr(registry, "load_library"):  # TensorRT >= 8.6: IPluginRegistry::loadLibrary
         registry.load_library(str(path))
-    else:  # very old TensorRT: static registration on dlopen
+    else:  # TensorRT 8.5: the library registers its creator while it is loaded
         import ctypes
 
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)

@@ -1,6 +1,7 @@
 /*
- * BiLevelRoutingAttention: the TensorRT IPluginV3 plugin (IPluginV3OneCore/Build/Runtime). Its creator
- * is bra_plugin_creator.h, its contract checks bra_validation.h; the op contract is
+ * BiLevelRoutingAttention: the TensorRT IPluginV3 plugin (IPluginV3OneCore/Build/Runtime) of TensorRT >= 10.
+ * Its creator is bra_plugin_creator.h; what it computes and checks is BraPluginCore (bra_plugin_core.h),
+ * which the IPluginV2DynamicExt of TensorRT 8 (bra_plugin_v2.h) shares; the op contract is
  * plugins/bra/README.md. The kernels are reached only through the C launch interface bra_launch.h.
  *
  * Object lifecycle, as TensorRT drives it:
@@ -11,13 +12,13 @@
  *   runtime phase creator.createPlugin(name, serialized fields, kRUNTIME) -> attachToContext()
  *                 once per IExecutionContext (loads the kernel module into the CUDA context that
  *                 is current there) -> onShapeChange() (validates, caches the launch params) ->
- *                 enqueue() (one eb_bra_launch: no allocation, no synchronisation).
+ *                 enqueue() (one eb_bra_launch: no allocation, no synchronisation; loads the kernels
+ *                 first only if no earlier call could, e.g. on a clone TensorRT never attached).
  */
 #ifndef EDGE_BIFORMER_BRA_PLUGIN_H
 #define EDGE_BIFORMER_BRA_PLUGIN_H
 
-#include "bra_kernel_module.h"
-#include "bra_launch.h"
+#include "bra_plugin_core.h"
 #include "bra_validation.h"
 
 #include <NvInferRuntime.h>
@@ -25,7 +26,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 namespace edge_biformer
 {
@@ -50,10 +50,10 @@ public:
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
     nvinfer1::IPluginV3* clone() noexcept override;
 
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    // IPluginV3OneCore: the contract's identity
+    char const* getPluginName() const noexcept override { return kBRA_PLUGIN_NAME; }
+    char const* getPluginVersion() const noexcept override { return kBRA_PLUGIN_VERSION; }
+    char const* getPluginNamespace() const noexcept override { return kBRA_PLUGIN_NAMESPACE; }
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -65,9 +65,13 @@ public:
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    int32_t getNbOutputs() const noexcept override { return kBRA_NB_OUTPUTS; }
+    //! No workspace: the kernels need none.
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
+        nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept override
+    {
+        return 0;
+    }
     char const* getTimingCacheID() noexcept override;
     char const* getMetadataString() noexcept override;
 
@@ -82,38 +86,20 @@ public:
     //! Attributes (for tests and diagnostics).
     BraAttributes const& attributes() const noexcept
     {
-        return mAttrs;
+        return mCore.attributes();
     }
     //! Whether a kernel module is loaded (attached to an execution context).
     bool hasKernelModule() const noexcept
     {
-        return mModule != nullptr;
+        return mCore.hasKernelModule();
     }
 
 private:
-    //! A copy with the same attributes and configuration, but no kernel module and no error recorder
-    //! (both belong to one execution context).
-    std::unique_ptr<BiLevelRoutingAttentionPlugin> copyConfiguration() const;
-    //! Load the kernels into the current CUDA context. Returns an empty string on success.
-    std::string loadKernelModule() noexcept;
-    //! Log an error (logger and, when attached, the execution context's error recorder).
-    void reportError(nvinfer1::ErrorCode code, std::string const& message) const noexcept;
-    std::string describe() const;
+    explicit BiLevelRoutingAttentionPlugin(BraPluginCore const& core);
+    //! attachToContext without its error handling.
+    nvinfer1::IPluginV3* attach(nvinfer1::IPluginResourceContext* context);
 
-    std::string mLayerName;
-    BraAttributes mAttrs;
-    //! Compute capability (major*10+minor) of the device the kernels were loaded for; -1 if unknown.
-    int32_t mSm{-1};
-    //! Launch parameters of the current shapes (onShapeChange), valid if mParamsValid.
-    eb_bra_params_t mParams{};
-    bool mParamsValid{false};
-    BraModulePtr mModule;
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
-
-    // Storage behind the pointers that TensorRT reads after the calls return.
-    std::vector<nvinfer1::PluginField> mSerialFields;
-    nvinfer1::PluginFieldCollection mSerialFc{};
-    std::string mMetadata;
+    BraPluginCore mCore;
 };
 
 } // namespace plugin

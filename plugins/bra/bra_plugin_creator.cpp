@@ -1,10 +1,10 @@
 #include "bra_plugin_creator.h"
 
 #include "bra_plugin.h"
+#include "bra_plugin_core.h"
 #include "bra_validation.h"
 #include "plugin_logging.h"
 
-#include <exception>
 #include <string>
 
 namespace edge_biformer
@@ -16,66 +16,20 @@ using nvinfer1::IPluginV3;
 using nvinfer1::PluginFieldCollection;
 using nvinfer1::TensorRTPhase;
 
-BiLevelRoutingAttentionCreator::BiLevelRoutingAttentionCreator()
-{
-    for (BraField const& field : kBRA_FIELDS)
-    {
-        mFieldNames.emplace_back(field.name, nullptr, field.type, 1);
-    }
-    mFc.nbFields = static_cast<int32_t>(mFieldNames.size());
-    mFc.fields = mFieldNames.data();
-}
-
-char const* BiLevelRoutingAttentionCreator::getPluginName() const noexcept
-{
-    return kBRA_PLUGIN_NAME;
-}
-
-char const* BiLevelRoutingAttentionCreator::getPluginVersion() const noexcept
-{
-    return kBRA_PLUGIN_VERSION;
-}
-
-char const* BiLevelRoutingAttentionCreator::getPluginNamespace() const noexcept
-{
-    return kBRA_PLUGIN_NAMESPACE;
-}
-
-PluginFieldCollection const* BiLevelRoutingAttentionCreator::getFieldNames() noexcept
-{
-    return &mFc;
-}
-
 IPluginV3* BiLevelRoutingAttentionCreator::createPlugin(
     char const* name, PluginFieldCollection const* fc, TensorRTPhase phase) noexcept
 {
-    try
-    {
-        std::string const layer = name != nullptr ? name : "";
-        BraAttributes attrs;
-        std::string err = parseAttributes(fc, attrs);
-        if (err.empty())
-        {
-            err = validateAttributes(attrs);
-        }
-        if (!err.empty())
-        {
-            logMessage(Severity::kERROR,
-                "cannot create layer '" + layer + "' (" + (phase == TensorRTPhase::kBUILD ? "build" : "runtime")
-                    + " phase): " + err);
-            return nullptr;
-        }
-        return new BiLevelRoutingAttentionPlugin(layer, attrs);
-    }
-    catch (std::exception const& e)
-    {
-        logMessage(Severity::kERROR, std::string{"createPlugin failed: "} + e.what());
-    }
-    catch (...)
-    {
-        logMessage(Severity::kERROR, "createPlugin failed");
-    }
-    return nullptr;
+    return nullOnThrow(
+        [&]() -> IPluginV3* {
+            BraAttributes attrs;
+            char const* phaseName = phase == TensorRTPhase::kBUILD ? "build" : "runtime";
+            if (!BraPluginCore::creationAttributes(name, fc, phaseName, attrs))
+            {
+                return nullptr;
+            }
+            return new BiLevelRoutingAttentionPlugin(name != nullptr ? name : "", attrs);
+        },
+        [](char const* what) { logMessage(Severity::kERROR, std::string{"createPlugin failed: "} + what); });
 }
 
 BiLevelRoutingAttentionCreator& braCreator() noexcept

@@ -1,13 +1,15 @@
 /*
- * The IPluginCreatorV3One of BiLevelRoutingAttention: lists the contract's plugin fields and creates
- * plugins from fields (ONNX parser, application, serialized plan) in both TensorRT phases.
+ * The IPluginCreatorV3One of BiLevelRoutingAttention (TensorRT >= 10): lists the contract's plugin fields and
+ * creates plugins from fields (ONNX parser, application, serialized plan) in both TensorRT phases. The
+ * creator of TensorRT 8 is bra_plugin_creator_v2.h; both take fields and attributes from BraPluginCore.
  */
 #ifndef EDGE_BIFORMER_BRA_PLUGIN_CREATOR_H
 #define EDGE_BIFORMER_BRA_PLUGIN_CREATOR_H
 
-#include <NvInferRuntime.h>
+#include "bra_plugin_core.h"
+#include "bra_validation.h"
 
-#include <vector>
+#include <NvInferRuntime.h>
 
 namespace edge_biformer
 {
@@ -17,7 +19,7 @@ namespace plugin
 class BiLevelRoutingAttentionCreator final : public nvinfer1::IPluginCreatorV3One
 {
 public:
-    BiLevelRoutingAttentionCreator();
+    BiLevelRoutingAttentionCreator() = default;
     ~BiLevelRoutingAttentionCreator() override = default;
 
     BiLevelRoutingAttentionCreator(BiLevelRoutingAttentionCreator const&) = delete;
@@ -25,16 +27,15 @@ public:
     BiLevelRoutingAttentionCreator(BiLevelRoutingAttentionCreator&&) = delete;
     BiLevelRoutingAttentionCreator& operator=(BiLevelRoutingAttentionCreator&&) = delete;
 
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    char const* getPluginName() const noexcept override { return kBRA_PLUGIN_NAME; }
+    char const* getPluginVersion() const noexcept override { return kBRA_PLUGIN_VERSION; }
+    char const* getPluginNamespace() const noexcept override { return kBRA_PLUGIN_NAMESPACE; }
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
+    {
+        return BraPluginCore::fieldNames();
+    }
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFc{};
 };
 
 //! The creator of this library instance (one per loaded copy of the library).

@@ -16,7 +16,17 @@
  *    imports getPluginRegistry at link time, is replaced by this registrar.
  * 2. IPluginRegistry::loadLibrary (`trtexec --dynamicPlugins`, registry.load_library, plugin
  *    libraries serialized into version-compatible plans): TensorRT calls the exported
- *    setLoggerFinder() and getCreators() and registers what getCreators() returns.
+ *    setLoggerFinder() and getCreators() (TensorRT >= 10; getPluginCreators() in TensorRT 8.6, whose
+ *    creators are IPluginCreator) and registers what it returns. TensorRT 8.5 has no loadLibrary.
+ *
+ * The creator is the IPluginCreatorV3One of bra_plugin_creator.h for TensorRT >= 10 headers, the
+ * IPluginCreator of bra_plugin_creator_v2.h for TensorRT 8 headers; everything else here is the same.
+ *
+ * The major guard: the plugin ABI differs between TensorRT majors (ILogger/ILoggerFinder gained the
+ * IVersionedInterface base in 11, the plugin interfaces changed from 8 to 10), so a library registers only
+ * into a runtime of the major of its headers: the load-time registrar asks the runtime it found, and each
+ * entry point asks the runtime that calls it (the shared object holding its return address). A caller of
+ * another major gets no creators and no logger finder is kept; edge_biformer_plugin_status() says why.
  *
  * The guard: loadLibrary dlopen()s the library first, so step 1 has already registered the creator
  * when getCreators() runs. getCreators() then hands out an empty list if the caller is the very
@@ -24,14 +34,23 @@
  * "already registered"); any other caller (the lean runtime of a version-compatible plan, another
  * TensorRT) gets the creator. Each TensorRT instance in the process therefore holds the creator once.
  */
-#include "bra_plugin_creator.h"
 #include "bra_validation.h"
 #include "plugin_logging.h"
+#include "tensorrt_compat.h"
+#include "tensorrt_runtime.h"
+
+#if EB_TRT_HAS_PLUGIN_V3
+#include "bra_plugin_creator.h"
+#else
+#include "bra_plugin_creator_v2.h"
+#endif
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 
 #define EB_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -49,7 +68,28 @@ namespace
 {
 
 using GetRegistryFn = nvinfer1::IPluginRegistry* (*) () noexcept;
-using GetVersionFn = int32_t (*)() noexcept;
+
+// The creator of the headers' generation, and the registry lookup of that generation's creators.
+#if EB_TRT_HAS_PLUGIN_V3
+using Creator = nvinfer1::IPluginCreatorInterface;
+#define EB_BRA_CREATOR braCreator
+#define EB_REGISTRY_LOOKUP getCreator
+#else
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+using Creator = nvinfer1::IPluginCreator;
+#define EB_BRA_CREATOR braCreatorV2
+#define EB_REGISTRY_LOOKUP getPluginCreator
+#endif
+
+Creator& theCreator() noexcept
+{
+    return EB_BRA_CREATOR();
+}
+
+Creator* findRegistered(nvinfer1::IPluginRegistry& registry) noexcept
+{
+    return registry.EB_REGISTRY_LOOKUP(kBRA_PLUGIN_NAME, kBRA_PLUGIN_VERSION, kBRA_PLUGIN_NAMESPACE);
+}
 
 //! The TensorRT runtime of the headers this library was compiled against, e.g. "libnvinfer.so.10".
 constexpr char const* kNVINFER_SONAME = "libnvinfer.so." EB_STRINGIFY(NV_TENSORRT_MAJOR);
@@ -65,6 +105,14 @@ Fn symbolAs(void* handle, char const* name) noexcept
 {
     // POSIX guarantees that a dlsym() result for a function can be converted to a function pointer.
     return reinterpret_cast<Fn>(dlsym(handle, name));
+}
+
+//! Why the library does not serve TensorRT `major` (found at `where`), with the fix.
+std::string majorMismatch(int32_t major, std::string const& where)
+{
+    return "that TensorRT is version " + std::to_string(major) + " (" + where + ") but this library was built "
+        "against " + kBUILT_AGAINST + " headers, and the plugin ABI differs between majors; rebuild it with "
+        "TENSORRT_ROOT pointing at TensorRT " + std::to_string(major);
 }
 
 class LoadTimeRegistrar
@@ -164,18 +212,12 @@ private:
         }
         void* const lookup = tensorrt != nullptr ? tensorrt : RTLD_DEFAULT;
         std::string const where{info.dli_fname};
-        if (auto major = symbolAs<GetVersionFn>(lookup, "getInferLibMajorVersion"))
+        int32_t const loaded = tensorrtMajorOf(lookup);
+        if (loaded >= 0 && loaded != NV_TENSORRT_MAJOR)
         {
-            int32_t const loaded = major();
-            if (loaded != NV_TENSORRT_MAJOR)
-            {
-                mStatus += "not registered: the process runs TensorRT " + std::to_string(loaded) + " (" + where
-                    + ") but this library was built against " + kBUILT_AGAINST
-                    + " headers, whose plugin ABI differs; rebuild it with TENSORRT_ROOT pointing at TensorRT "
-                    + std::to_string(loaded);
-                std::fprintf(stderr, "[ERROR] " EB_BRA_PLUGIN_NAMESPACE ": %s\n", mStatus.c_str());
-                return;
-            }
+            mStatus += "not registered: " + majorMismatch(loaded, where);
+            std::fprintf(stderr, "[ERROR] " EB_BRA_PLUGIN_NAMESPACE ": %s\n", mStatus.c_str());
+            return;
         }
         if (auto getLogger = symbolAs<GetLoggerFn>(lookup, "getLogger"))
         {
@@ -187,7 +229,7 @@ private:
             mStatus += "not registered: getPluginRegistry() of " + where + " returned null";
             return;
         }
-        if (registry->getCreator(kBRA_PLUGIN_NAME, kBRA_PLUGIN_VERSION, kBRA_PLUGIN_NAMESPACE) != nullptr)
+        if (findRegistered(*registry) != nullptr)
         {
             mStatus += "not registered at load time, because another copy of the library already registered "
                        "the creator into "
@@ -195,7 +237,7 @@ private:
             logMessage(Severity::kVERBOSE, mStatus);
             return;
         }
-        if (!registry->registerCreator(braCreator(), kBRA_PLUGIN_NAMESPACE))
+        if (!registry->registerCreator(theCreator(), kBRA_PLUGIN_NAMESPACE))
         {
             mStatus += "the plugin registry of " + where + " refused the creator (see the TensorRT log)";
             logMessage(Severity::kWARNING, mStatus);
@@ -214,41 +256,94 @@ private:
 
 LoadTimeRegistrar gLoadTimeRegistrar;
 
-} // namespace
-} // namespace plugin
-} // namespace edge_biformer
+//! The status once an entry point refused a caller (set once, never changed: its pointer stays valid).
+std::string gRefusedStatus;
+std::once_flag gRefusedOnce;
+std::atomic<bool> gRefused{false};
 
-//! Entry point of IPluginRegistry::loadLibrary: the creators this library provides to the calling registry.
-extern "C" EB_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+//! Whether the TensorRT that called entry point `entry` (from `returnAddress`) has the major of the headers.
+//! A caller whose major cannot be told (no version export, no versioned name) is accepted.
+bool callerAccepted(void const* returnAddress, char const* entry) noexcept
 {
-    using namespace edge_biformer::plugin;
-    static nvinfer1::IPluginCreatorInterface* const kCREATORS[] = {&braCreator()};
-    Dl_info caller{};
-    void const* callerBase = nullptr;
-    if (dladdr(__builtin_extract_return_addr(__builtin_return_address(0)), &caller) != 0)
+    LoadedLibrary const caller = libraryAt(returnAddress);
+    if (caller.tensorrtMajor < 0 || caller.tensorrtMajor == NV_TENSORRT_MAJOR)
     {
-        callerBase = caller.dli_fbase;
+        return true;
     }
-    if (gLoadTimeRegistrar.registeredInto(callerBase))
+    try
+    {
+        std::string const why = std::string{entry} + " refused: " + majorMismatch(caller.tensorrtMajor, caller.path);
+        std::call_once(gRefusedOnce, [&why] {
+            gRefusedStatus = std::string{gLoadTimeRegistrar.status()} + "; " + why;
+            gRefused.store(true, std::memory_order_release);
+        });
+        std::fprintf(stderr, "[ERROR] " EB_BRA_PLUGIN_NAMESPACE ": %s\n", why.c_str());
+    }
+    catch (...)
+    {
+        std::fprintf(stderr, "[ERROR] " EB_BRA_PLUGIN_NAMESPACE ": %s refused a TensorRT of another major\n", entry);
+    }
+    return false;
+}
+
+//! The creators for the registry that calls loadLibrary (none if the load-time registrar already put the
+//! creator there, or if the caller is a TensorRT of another major).
+Creator* const* creatorsFor(void const* returnAddress, char const* entry, int32_t& nbCreators) noexcept
+{
+    static Creator* const kCREATORS[] = {&theCreator()};
+    nbCreators = 0;
+    if (!callerAccepted(returnAddress, entry))
+    {
+        return kCREATORS;
+    }
+    LoadedLibrary const caller = libraryAt(returnAddress);
+    if (gLoadTimeRegistrar.registeredInto(caller.base))
     {
         logMessage(Severity::kVERBOSE,
-            "getCreators: the creator was registered into this TensorRT when the library was loaded; returning no "
-            "creators so that it is not registered twice");
-        nbCreators = 0;
+            std::string{entry}
+                + ": the creator was registered into this TensorRT when the library was loaded; returning no "
+                  "creators so that it is not registered twice");
         return kCREATORS;
     }
     nbCreators = 1;
     return kCREATORS;
 }
 
+} // namespace
+} // namespace plugin
+} // namespace edge_biformer
+
+#define EB_CALLER() __builtin_extract_return_addr(__builtin_return_address(0))
+
+#if EB_TRT_HAS_PLUGIN_V3
+//! Entry point of IPluginRegistry::loadLibrary (TensorRT >= 10): the creators for the calling registry.
+extern "C" EB_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+{
+    return edge_biformer::plugin::creatorsFor(EB_CALLER(), "getCreators", nbCreators);
+}
+#else
+//! Entry point of IPluginRegistry::loadLibrary (TensorRT 8.6): the IPluginCreators for the calling registry.
+extern "C" EB_PLUGIN_EXPORT nvinfer1::IPluginCreator* const* getPluginCreators(int32_t& nbCreators)
+{
+    return edge_biformer::plugin::creatorsFor(EB_CALLER(), "getPluginCreators", nbCreators);
+}
+#endif
+
+#if EB_TRT_HAS_LOAD_LIBRARY
 //! Entry point of IPluginRegistry::loadLibrary: how the library finds the logger of the calling engine/context.
+//! Kept only from a runtime of the headers' major (another major's ILoggerFinder has another layout).
 extern "C" EB_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 {
-    edge_biformer::plugin::setLoggerFinder(finder);
+    if (edge_biformer::plugin::callerAccepted(EB_CALLER(), "setLoggerFinder"))
+    {
+        edge_biformer::plugin::setLoggerFinder(finder);
+    }
 }
+#endif
 
 //! One line saying what the library is and how it was registered (read by edge_biformer.plugins.load()).
 extern "C" EB_PLUGIN_EXPORT char const* edge_biformer_plugin_status()
 {
-    return edge_biformer::plugin::gLoadTimeRegistrar.status();
+    using namespace edge_biformer::plugin;
+    return gRefused.load(std::memory_order_acquire) ? gRefusedStatus.c_str() : gLoadTimeRegistrar.status();
 }

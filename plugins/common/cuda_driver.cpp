@@ -44,5 +44,23 @@ std::string cudaErrorText(CUresult result)
     return out;
 }
 
+std::string imageLoadHint(CUresult result)
+{
+    if (result != CUDA_ERROR_UNSUPPORTED_PTX_VERSION && result != CUDA_ERROR_INVALID_IMAGE
+        && result != CUDA_ERROR_NO_BINARY_FOR_GPU && result != CUDA_ERROR_INVALID_PTX)
+    {
+        return {};
+    }
+    int version{0};
+    std::string driver = cuDriverGetVersion(&version) == CUDA_SUCCESS
+        ? "CUDA " + std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10)
+        : std::string{"an unknown CUDA version"};
+    return "; this driver (" + driver
+        + ") cannot use the kernel images of the library: they were assembled by a newer ptxas (see the "
+          "ptxas_versions and ptx_versions of the kernels' manifest.json). Regenerate the kernels with this "
+          "machine's toolkit (TRITON_PTXAS_PATH=/usr/local/cuda/bin/ptxas python -m edge_biformer.kernels.aot ...) "
+          "and rebuild the library, or update the driver (docs/jetson.md, Kernel images and drivers)";
+}
+
 } // namespace plugin
 } // namespace edge_biformer

@@ -22,6 +22,11 @@ int32_t currentDeviceSm(CUcontext* ctxOut) noexcept;
 //! "CUDA_ERROR_NAME (description)" of a CUresult, or "CUresult <n>" if the driver does not know it.
 std::string cudaErrorText(CUresult result);
 
+//! For a module load that failed with `result`: when the error says the driver cannot use the kernel
+//! images (their PTX ISA or cubin toolchain is newer than the driver, e.g. a JetPack 5 driver of CUDA
+//! 11.4), the driver's CUDA version and how to regenerate the images for it; else an empty string.
+std::string imageLoadHint(CUresult result);
+
 } // namespace plugin
 } // namespace edge_biformer
 

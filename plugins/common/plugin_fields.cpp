@@ -1,5 +1,7 @@
 #include "plugin_fields.h"
 
+#include "tensorrt_compat.h"
+
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -91,7 +93,9 @@ std::string readIntField(PluginField const& field, int64_t& value)
     case PluginFieldType::kINT8: value = readValue<int8_t>(field); return {};
     case PluginFieldType::kINT16: value = readValue<int16_t>(field); return {};
     case PluginFieldType::kINT32: value = readValue<int32_t>(field); return {};
+#if EB_TRT_HAS_64BIT_TYPES
     case PluginFieldType::kINT64: value = readValue<int64_t>(field); return {};
+#endif
     default: break;
     }
     return std::string{"field '"} + field.name + "' must be an integer (kINT32), got " + fieldTypeName(field.type);

@@ -28,7 +28,8 @@ std::string dimsToString(nvinfer1::Dims const& dims);
 //! Whether a dimension lies in [0, 2^31).
 bool fitsInt32(int64_t v) noexcept;
 
-//! One integer value of a field (kINT8/16/32/64 are accepted: applications build fields by hand).
+//! One integer value of a field (kINT8/16/32, and kINT64 from TensorRT 10, are accepted: applications build
+//! fields by hand).
 std::string readIntField(nvinfer1::PluginField const& field, int64_t& value);
 
 //! One integer value of a field that must fit int32.

@@ -10,7 +10,9 @@ namespace plugin
 namespace
 {
 // Constant-initialised, so usable from static initialisers of other translation units.
+#if EB_TRT_HAS_LOAD_LIBRARY
 std::atomic<nvinfer1::ILoggerFinder*> gLoggerFinder{nullptr};
+#endif
 std::atomic<GetLoggerFn> gProcessLoggerGetter{nullptr};
 
 char const* severityName(Severity severity) noexcept
@@ -28,6 +30,7 @@ char const* severityName(Severity severity) noexcept
 
 nvinfer1::ILogger* findLogger() noexcept
 {
+#if EB_TRT_HAS_LOAD_LIBRARY
     if (nvinfer1::ILoggerFinder* finder = gLoggerFinder.load(std::memory_order_acquire))
     {
         if (nvinfer1::ILogger* logger = finder->findLogger())
@@ -35,6 +38,7 @@ nvinfer1::ILogger* findLogger() noexcept
             return logger;
         }
     }
+#endif
     if (GetLoggerFn getter = gProcessLoggerGetter.load(std::memory_order_acquire))
     {
         return getter();
@@ -43,10 +47,16 @@ nvinfer1::ILogger* findLogger() noexcept
 }
 } // namespace
 
+#if EB_TRT_HAS_LOAD_LIBRARY
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
 {
-    gLoggerFinder.store(finder, std::memory_order_release);
+    nvinfer1::ILoggerFinder* expected = nullptr;
+    if (finder != nullptr)
+    {
+        gLoggerFinder.compare_exchange_strong(expected, finder, std::memory_order_acq_rel);
+    }
 }
+#endif
 
 void setProcessLoggerGetter(GetLoggerFn getter) noexcept
 {

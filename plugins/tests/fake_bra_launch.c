@@ -1,7 +1,8 @@
 /*
  * Test double of the generated kernel library (bra_launch.h) for the host-side unit test: checks the
  * parameters like the real eb_bra_check (contract + head dims <= 128 + sm >= 75), counts modules and
- * records launches. Never linked into libedge_biformer_plugins.so.
+ * records launches; each module remembers the (mock driver's) context it was loaded in, and an unload in
+ * another context is counted. Never linked into libedge_biformer_plugins.so.
  */
 #include "fake_bra_launch.h"
 
@@ -11,15 +12,19 @@ eb_bra_status_t eb_fake_load_status = EB_BRA_SUCCESS;
 eb_bra_status_t eb_fake_launch_status = EB_BRA_SUCCESS;
 int eb_fake_modules_loaded = 0;
 int eb_fake_launches = 0;
+int eb_fake_wrong_context_unloads = 0;
 eb_bra_params_t eb_fake_last_params;
 CUstream eb_fake_last_stream = NULL;
 CUdeviceptr eb_fake_last_ptrs[5];
 
+/* A module remembers the context it was loaded in (the mock driver's current one). */
 struct eb_bra_module
 {
-    int token;
+    CUcontext ctx;
+    int live;
 };
-static struct eb_bra_module s_module;
+#define EB_FAKE_MAX_MODULES 64
+static struct eb_bra_module s_modules[EB_FAKE_MAX_MODULES];
 
 eb_bra_status_t eb_bra_check(const eb_bra_params_t* p, int sm)
 {
@@ -47,15 +52,32 @@ eb_bra_status_t eb_bra_module_load(eb_bra_module_t* module)
         *module = NULL;
         return eb_fake_load_status;
     }
-    ++eb_fake_modules_loaded;
-    *module = &s_module;
-    return EB_BRA_SUCCESS;
+    for (int i = 0; i < EB_FAKE_MAX_MODULES; ++i)
+    {
+        if (!s_modules[i].live)
+        {
+            s_modules[i].live = 1;
+            cuCtxGetCurrent(&s_modules[i].ctx);
+            ++eb_fake_modules_loaded;
+            *module = &s_modules[i];
+            return EB_BRA_SUCCESS;
+        }
+    }
+    *module = NULL;
+    return EB_BRA_ERR_CUDA;
 }
 
 void eb_bra_module_unload(eb_bra_module_t module)
 {
-    if (module != NULL)
+    if (module != NULL && module->live)
     {
+        CUcontext current = NULL;
+        cuCtxGetCurrent(&current);
+        if (current != module->ctx)
+        {
+            ++eb_fake_wrong_context_unloads;
+        }
+        module->live = 0;
         --eb_fake_modules_loaded;
     }
 }

@@ -14,6 +14,7 @@ extern eb_bra_status_t eb_fake_load_status;
 extern eb_bra_status_t eb_fake_launch_status;
 extern int eb_fake_modules_loaded; /* live modules: load - unload */
 extern int eb_fake_launches;
+extern int eb_fake_wrong_context_unloads; /* unloads while another context than the module's was current */
 extern eb_bra_params_t eb_fake_last_params;
 extern CUstream eb_fake_last_stream;
 extern CUdeviceptr eb_fake_last_ptrs[5];

@@ -11,7 +11,7 @@
 
 #define MOCK_MAX_MODULES 4096
 
-static int s_context_token;
+static int s_context_tokens[MOCK_CUDA_MAX_CONTEXTS];
 static int s_other_context_token;
 
 static struct {
@@ -25,6 +25,16 @@ static struct {
     const void* module_image[MOCK_MAX_MODULES];
     const char* module_function[MOCK_MAX_MODULES];
     int module_live[MOCK_MAX_MODULES];
+    int module_context[MOCK_MAX_MODULES];
+    int current;                              /* index of the current context */
+    int stack[MOCK_CUDA_MAX_CONTEXTS * 4];    /* cuCtxPushCurrent: the contexts pushed over */
+    int depth;
+    int destroyed[MOCK_CUDA_MAX_CONTEXTS];
+    unsigned long long context_id[MOCK_CUDA_MAX_CONTEXTS];
+    unsigned long long next_id;
+    int no_context_ids;
+    int driver_version;
+    int wrong_context_unloads;
     int n_modules, live_modules, total_loads, failed_loads;
     int n_launches;
     int n_set_shared;
@@ -38,6 +48,11 @@ void mock_cuda_reset(void) {
     mock.major = 8;
     mock.minor = 7;
     mock.shared_optin = 166912;
+    mock.driver_version = 13000;
+    for (int i = 0; i < MOCK_CUDA_MAX_CONTEXTS; ++i) {
+        mock.context_id[i] = (unsigned long long)(i + 1);
+    }
+    mock.next_id = MOCK_CUDA_MAX_CONTEXTS + 1;
 }
 
 /* Every knob and driver call starts here, so that a test that never resets gets the defaults. */
@@ -85,6 +100,63 @@ int mock_cuda_set_param_layout(const char* layout) {
     return 0;
 }
 
+static int mock_valid_index(int index) { return index >= 0 && index < MOCK_CUDA_MAX_CONTEXTS; }
+
+void mock_cuda_select_context(int index) {
+    mock_init();
+    if (mock_valid_index(index)) {
+        mock.current = index;
+        mock.depth = 0;
+    }
+}
+
+void mock_cuda_destroy_context(int index) {
+    mock_init();
+    if (!mock_valid_index(index) || mock.destroyed[index]) {
+        return;
+    }
+    mock.destroyed[index] = 1;
+    for (int m = 0; m < mock.n_modules; ++m) {
+        if (mock.module_live[m] && mock.module_context[m] == index) {
+            mock.module_live[m] = 0;
+            mock.live_modules--;
+        }
+    }
+}
+
+void mock_cuda_recreate_context(int index) {
+    mock_init();
+    if (mock_valid_index(index)) {
+        mock.destroyed[index] = 0;
+        mock.context_id[index] = mock.next_id++;
+    }
+}
+
+void mock_cuda_set_context_ids(int available) {
+    mock_init();
+    mock.no_context_ids = !available;
+}
+
+void mock_cuda_set_driver_version(int version) {
+    mock_init();
+    mock.driver_version = version;
+}
+
+CUcontext mock_cuda_context(int index) {
+    return mock_valid_index(index) ? (CUcontext)&s_context_tokens[index] : NULL;
+}
+
+/* The index of a context handle, or -1. */
+static int mock_context_index(CUcontext ctx) {
+    for (int i = 0; i < MOCK_CUDA_MAX_CONTEXTS; ++i) {
+        if (ctx == (CUcontext)&s_context_tokens[i]) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+int mock_cuda_wrong_context_unloads(void) { return mock.wrong_context_unloads; }
 int mock_cuda_live_modules(void) { return mock.live_modules; }
 int mock_cuda_total_loads(void) { return mock.total_loads; }
 int mock_cuda_failed_loads(void) { return mock.failed_loads; }
@@ -103,20 +175,66 @@ int mock_cuda_last_launch(mock_cuda_launch_t* out) {
 
 CUresult CUDAAPI cuCtxGetCurrent(CUcontext* pctx) {
     mock_init();
-    *pctx = mock.no_context ? NULL : (CUcontext)&s_context_token;
+    *pctx = mock.no_context && mock.depth == 0 ? NULL : mock_cuda_context(mock.current);
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) {
+    mock_init();
+    const int index = mock_context_index(ctx);
+    if (index < 0 || mock.destroyed[index]) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (mock.depth >= (int)(sizeof(mock.stack) / sizeof(mock.stack[0]))) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    mock.stack[mock.depth++] = mock.no_context ? -1 : mock.current;
+    mock.current = index;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuCtxPopCurrent(CUcontext* pctx) {
+    mock_init();
+    if (mock.depth == 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (pctx != NULL) {
+        *pctx = mock_cuda_context(mock.current);
+    }
+    const int previous = mock.stack[--mock.depth];
+    mock.current = previous < 0 ? 0 : previous;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuCtxGetId(CUcontext ctx, unsigned long long* ctxId) {
+    mock_init();
+    const int index = mock_context_index(ctx);
+    if (mock.no_context_ids) {
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    if (index < 0 || mock.destroyed[index]) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    *ctxId = mock.context_id[index];
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuDriverGetVersion(int* version) {
+    mock_init();
+    *version = mock.driver_version;
     return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext* pctx) {
     mock_init();
     const int foreign = hStream != NULL && hStream == mock.foreign_stream;
-    *pctx = foreign ? (CUcontext)&s_other_context_token : (CUcontext)&s_context_token;
+    *pctx = foreign ? (CUcontext)&s_other_context_token : mock_cuda_context(mock.current);
     return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuCtxGetDevice(CUdevice* device) {
     mock_init();
-    if (mock.no_context) {
+    if ((mock.no_context && mock.depth == 0) || mock.destroyed[mock.current]) {
         return CUDA_ERROR_INVALID_CONTEXT;
     }
     *device = 0;
@@ -158,6 +276,7 @@ CUresult CUDAAPI cuModuleLoadData(CUmodule* module, const void* image) {
     const int index = mock.n_modules++;
     mock.module_image[index] = image;
     mock.module_live[index] = 1;
+    mock.module_context[index] = mock.current;
     mock.live_modules++;
     *module = (CUmodule)(uintptr_t)(index + 1);
     return CUDA_SUCCESS;
@@ -187,6 +306,9 @@ CUresult CUDAAPI cuModuleUnload(CUmodule module) {
     const int index = mock_module_index(module);
     if (index < 0) {
         return CUDA_ERROR_INVALID_HANDLE;
+    }
+    if (mock.module_context[index] != mock.current) {
+        mock.wrong_context_unloads++;
     }
     mock.module_live[index] = 0;
     mock.live_modules--;
@@ -252,6 +374,7 @@ CUresult CUDAAPI cuGetErrorName(CUresult error, const char** pStr) {
     case CUDA_ERROR_UNSUPPORTED_PTX_VERSION: *pStr = "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"; return CUDA_SUCCESS;
     case CUDA_ERROR_INVALID_HANDLE: *pStr = "CUDA_ERROR_INVALID_HANDLE"; return CUDA_SUCCESS;
     case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *pStr = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; return CUDA_SUCCESS;
+    case CUDA_ERROR_NOT_SUPPORTED: *pStr = "CUDA_ERROR_NOT_SUPPORTED"; return CUDA_SUCCESS;
     default: *pStr = NULL; return CUDA_ERROR_INVALID_VALUE;
     }
 }

@@ -7,8 +7,12 @@
  * The mock plays one device of a chosen compute capability with a current context, "loads" any image
  * (recording which one), and records every cuLaunchKernel: function, grid, block, shared memory,
  * stream and the raw bytes of each kernel parameter (layout set with mock_cuda_set_param_layout).
- * Nothing runs. mock_cuda_reset() restores the defaults the driver starts with: sm_87 (166912 bytes of
- * opt-in shared memory), a current context, no failures, nothing recorded.
+ * Nothing runs. It also plays a few CUDA contexts (MOCK_CUDA_MAX_CONTEXTS, context 0 current at start),
+ * each with an ID (cuCtxGetId) that a destroyed and re-created context does not keep although its handle
+ * does, cuCtxPushCurrent/cuCtxPopCurrent, and it counts module unloads made in another context than the
+ * module's. mock_cuda_reset() restores the defaults the driver starts with: sm_87 (166912 bytes of opt-in
+ * shared memory), context 0 current, context IDs available, a CUDA 13.0 driver, no failures, nothing
+ * recorded.
  */
 #ifndef EDGE_BIFORMER_MOCK_CUDA_DRIVER_H
 #define EDGE_BIFORMER_MOCK_CUDA_DRIVER_H
@@ -21,6 +25,7 @@ extern "C" {
 #endif
 
 #define MOCK_CUDA_MAX_PARAMS 64
+#define MOCK_CUDA_MAX_CONTEXTS 4
 
 typedef struct mock_cuda_launch {
     const void* image;         /* image of the module the launched function came from */
@@ -47,6 +52,18 @@ void mock_cuda_set_load_failures(int fail_cubin, int fail_ptx);
 void mock_cuda_set_launch_failure(CUresult result);
 /* One character per kernel parameter: 'p' (8 bytes), 'i' (4-byte int), 'f' (4-byte float). */
 int mock_cuda_set_param_layout(const char* layout);
+/* Make context `index` current (the push/pop stack is cleared). */
+void mock_cuda_select_context(int index);
+/* Destroy context `index` (its modules go with it; pushing it fails), or create it again: the same handle
+ * with a new ID, as a driver may reuse a destroyed context's handle. */
+void mock_cuda_destroy_context(int index);
+void mock_cuda_recreate_context(int index);
+/* 0: cuCtxGetId answers CUDA_ERROR_NOT_SUPPORTED, as a driver older than CUDA 12 has no such call. */
+void mock_cuda_set_context_ids(int available);
+/* What cuDriverGetVersion reports (1000*major + 10*minor; default 13000). */
+void mock_cuda_set_driver_version(int version);
+/* The handle of context `index`. */
+CUcontext mock_cuda_context(int index);
 
 /* ---- records ---- */
 int mock_cuda_live_modules(void);
@@ -54,6 +71,8 @@ int mock_cuda_total_loads(void);
 int mock_cuda_failed_loads(void);
 int mock_cuda_launch_count(void);
 int mock_cuda_set_shared_count(void);
+/* Modules unloaded while another context than the one they were loaded in was current. */
+int mock_cuda_wrong_context_unloads(void);
 /* The last recorded launch; -1 if there was none. */
 int mock_cuda_last_launch(mock_cuda_launch_t* out);
 

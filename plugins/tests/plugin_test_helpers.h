@@ -1,20 +1,21 @@
 /*
  * What the C++ tests of the plugin share: the CHECK macro and its counters, stand-ins for the TensorRT
- * objects a plugin receives (logger, error recorder, resource context, dimension expressions), tensor
- * descriptors, and plugin fields built from the op contract header. Header-only; compiled against the
- * real TensorRT headers, with no TensorRT library behind them.
+ * objects a plugin receives (logger, error recorder, dimension expressions), tensor descriptors, and
+ * plugin fields built from the op contract header. Header-only; compiled against the real TensorRT
+ * headers (8.5/8.6 or 10.x/11.x), with no TensorRT library behind them. The plugin of the build, behind one
+ * interface for both TensorRT plugin interfaces, is plugin_under_test.h.
  */
 #ifndef EDGE_BIFORMER_PLUGIN_TEST_HELPERS_H
 #define EDGE_BIFORMER_PLUGIN_TEST_HELPERS_H
 
 #include "bra_contract.h"
-#include "bra_plugin.h"
-#include "bra_plugin_creator.h"
+#include "tensorrt_compat.h"
 
 #include <NvInferRuntime.h>
 
 #include <cstdint>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -127,26 +128,6 @@ public:
     RefCount refs{0};
 };
 
-class ResourceContext : public nvinfer1::IPluginResourceContext
-{
-public:
-    explicit ResourceContext(nvinfer1::IErrorRecorder* recorder)
-        : mRecorder(recorder)
-    {
-    }
-    nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override
-    {
-        return nullptr;
-    }
-    nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override
-    {
-        return mRecorder;
-    }
-
-private:
-    nvinfer1::IErrorRecorder* mRecorder;
-};
-
 //! An IDimensionExpr: a constant or a symbolic (runtime) dimension.
 class DimImpl : public nvinfer1::apiv::VDimensionExpr
 {
@@ -159,14 +140,16 @@ public:
     {
         return mValue >= 0;
     }
-    int64_t getConstantValue() const override
+    plugin::DimValue getConstantValue() const override
     {
-        return mValue >= 0 ? mValue : INT64_MIN;
+        return mValue >= 0 ? static_cast<plugin::DimValue>(mValue) : std::numeric_limits<plugin::DimValue>::min();
     }
+#if EB_TRT_HAS_PLUGIN_V3
     bool isSizeTensor() const override
     {
         return false;
     }
+#endif
 
 private:
     int64_t mValue;
@@ -222,7 +205,7 @@ inline Dims dims(std::vector<int64_t> const& values)
     d.nbDims = static_cast<int32_t>(values.size());
     for (size_t i = 0; i < values.size(); ++i)
     {
-        d.d[i] = values[i];
+        d.d[i] = static_cast<plugin::DimValue>(values[i]);
     }
     return d;
 }
@@ -268,29 +251,6 @@ struct Fields
         fc.fields = list.data();
     }
 };
-
-inline std::unique_ptr<nvinfer1::IPluginV3> createPlugin(PluginFieldCollection const& fc,
-    nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD, char const* name = "bra_0")
-{
-    return std::unique_ptr<nvinfer1::IPluginV3>{plugin::braCreator().createPlugin(name, &fc, phase)};
-}
-
-inline plugin::BiLevelRoutingAttentionPlugin* asBra(nvinfer1::IPluginV3* p)
-{
-    return static_cast<plugin::BiLevelRoutingAttentionPlugin*>(
-        static_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE)));
-}
-
-inline nvinfer1::IPluginV3OneBuild* build(nvinfer1::IPluginV3* p)
-{
-    return static_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-}
-
-inline nvinfer1::IPluginV3OneRuntime* runtime(nvinfer1::IPluginV3* p)
-{
-    return static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-}
 
 } // namespace plugin_test
 } // namespace edge_biformer

@@ -6,9 +6,11 @@
  *   registration_test MODE PLUGIN_LIBRARY FAKE_TRT_DIR [SECOND_COPY_OF_PLUGIN_LIBRARY]
  *
  * The fake runtimes are loaded with RTLD_LOCAL, like Python's tensorrt module loads libnvinfer. Each
- * mode runs in its own process (tests/plugins/test_plugin_build.py runs them all). Exit status 0 = pass.
+ * mode runs in its own process (tests/plugins/test_plugin_build.py runs them all; the modes that need
+ * IPluginRegistry::loadLibrary or a lean runtime exist from TensorRT 8.6). Exit status 0 = pass.
  */
 #include "bra_contract.h"
+#include "tensorrt_compat.h"
 
 #include <NvInferRuntime.h>
 
@@ -64,16 +66,41 @@ Runtime openRuntime(std::string const& path, int flags)
     return rt;
 }
 
+#if EB_TRT_HAS_PLUGIN_V3
+using Creator = nvinfer1::IPluginCreatorInterface;
+constexpr char const* kCREATORS_ENTRY = "getCreators";
+Creator* const* allCreators(nvinfer1::IPluginRegistry* registry, int32_t* n)
+{
+    return registry->getAllCreators(n);
+}
+nvinfer1::IPluginCreatorV3One* identity(Creator* creator)
+{
+    return static_cast<nvinfer1::IPluginCreatorV3One*>(creator);
+}
+#else
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+using Creator = nvinfer1::IPluginCreator;
+constexpr char const* kCREATORS_ENTRY = "getPluginCreators";
+Creator* const* allCreators(nvinfer1::IPluginRegistry* registry, int32_t* n)
+{
+    return registry->getPluginCreatorList(n);
+}
+Creator* identity(Creator* creator)
+{
+    return creator;
+}
+#endif
+
 int count(nvinfer1::IPluginRegistry* registry)
 {
     int32_t n = 0;
-    nvinfer1::IPluginCreatorInterface* const* all = registry->getAllCreators(&n);
+    Creator* const* all = allCreators(registry, &n);
     int found = 0;
     for (int32_t i = 0; i < n; ++i)
     {
-        auto* v3 = static_cast<nvinfer1::IPluginCreatorV3One*>(all[i]);
-        found += std::strcmp(v3->getPluginName(), kNAME) == 0 && std::strcmp(v3->getPluginVersion(), kVERSION) == 0
-            && std::strcmp(v3->getPluginNamespace(), kNAMESPACE) == 0;
+        auto* id = identity(all[i]);
+        found += std::strcmp(id->getPluginName(), kNAME) == 0 && std::strcmp(id->getPluginVersion(), kVERSION) == 0
+            && std::strcmp(id->getPluginNamespace(), kNAMESPACE) == 0;
     }
     return found;
 }
@@ -113,10 +140,16 @@ int main(int argc, char** argv)
         expect(count(full.registry) == 1, "one creator registered at load time");
         expect(contains(status(lib), "registered into the plugin registry of " + fakeDir + "/" + kFULL),
             "status names the registry: " + status(lib));
+#if EB_TRT_HAS_PLUGIN_V3
         auto* creator = full.registry->getCreator(kNAME, kVERSION, kNAMESPACE);
         expect(creator != nullptr && std::strcmp(creator->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0,
             "getCreator finds an IPluginCreatorV3One");
+#else
+        expect(full.registry->getPluginCreator(kNAME, kVERSION, kNAMESPACE) != nullptr,
+            "getPluginCreator finds the IPluginCreator");
+#endif
     }
+#if EB_TRT_HAS_LOAD_LIBRARY
     else if (mode == "loadLibrary")
     {
         // trtexec --dynamicPlugins / registry.load_library: the load-time registrar and getCreators meet.
@@ -155,6 +188,20 @@ int main(int argc, char** argv)
             "status: " + (lib ? status(lib) : std::string{}));
         expect(dlopen(kFULL.c_str(), kLocal | RTLD_NOLOAD) == nullptr, "the full runtime was not loaded");
     }
+    else if (mode == "loadLibrary-major-mismatch")
+    {
+        // Run with EB_FAKE_TRT_MAJOR set to another major and EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION=0: the
+        // loadLibrary entry points themselves refuse a TensorRT of another major (no creator, no finder kept).
+        Runtime full = openRuntime(fakeDir + "/" + kFULL, kLocal);
+        expect(full.registry->loadLibrary(plugin.c_str()) != nullptr, "loadLibrary returns (with no creators)");
+        expect(count(full.registry) == 0, "nothing registered into a TensorRT of another major version");
+        void* lib = dlopen(plugin.c_str(), kLocal | RTLD_NOLOAD);
+        std::string const text = lib != nullptr ? status(lib) : std::string{};
+        expect(contains(text, "setLoggerFinder refused: that TensorRT is version")
+                && contains(text, "rebuild it with TENSORRT_ROOT pointing at TensorRT"),
+            "status: " + text);
+    }
+#endif
     else if (mode == "search-path")
     {
         // polygraphy --plugins: the plugin library is loaded before TensorRT; it loads libnvinfer from the
@@ -170,8 +217,8 @@ int main(int argc, char** argv)
         void* lib = dlopen(plugin.c_str(), kLocal);
         expect(lib != nullptr, "dlopen(plugin)");
         expect(contains(status(lib), "is not on the library search path"), "status: " + status(lib));
-        using GetCreatorsFn = nvinfer1::IPluginCreatorInterface* const* (*) (int32_t&);
-        auto getCreators = reinterpret_cast<GetCreatorsFn>(dlsym(lib, "getCreators"));
+        using GetCreatorsFn = Creator* const* (*) (int32_t&);
+        auto getCreators = reinterpret_cast<GetCreatorsFn>(dlsym(lib, kCREATORS_ENTRY));
         int32_t n = -1;
         expect(getCreators != nullptr && getCreators(n) != nullptr && n == 1, "getCreators returns the creator");
     }
@@ -191,8 +238,10 @@ int main(int argc, char** argv)
         void* lib = dlopen(plugin.c_str(), kLocal);
         expect(lib != nullptr && count(full.registry) == 0, "no load-time registration");
         expect(contains(status(lib), "EDGE_BIFORMER_PLUGIN_STATIC_REGISTRATION=0"), "status: " + status(lib));
+#if EB_TRT_HAS_LOAD_LIBRARY
         expect(full.registry->loadLibrary(plugin.c_str()) != nullptr, "loadLibrary succeeds");
         expect(count(full.registry) == 1, "loadLibrary registered the creator");
+#endif
     }
     else if (mode == "second-copy" && argc == 5)
     {

@@ -32,7 +32,7 @@ def test_trtexec_command_strongly_typed_and_options() -> None:
     for part in (
         "--onnx=m.plugin.onnx", "--saveEngine=m.engine", "--minShapes=input:1x3x224x224",
         "--optShapes=input:8x3x224x224", "--maxShapes=input:32x3x224x224", "--stronglyTyped", "--noTF32",
-        "--plugins=/opt/libedge_biformer_plugins.so", "--memPoolSize=workspace:2048M",
+        "--staticPlugins=/opt/libedge_biformer_plugins.so", "--memPoolSize=workspace:2048",
         "--builderOptimizationLevel=5", "--timingCacheFile=t.cache", "--useDLACore=0", "--allowGPUFallback",
     ):  # fmt: skip
         assert part in cmd, part
@@ -41,6 +41,7 @@ def test_trtexec_command_strongly_typed_and_options() -> None:
     )
     cmd = engine.trtexec_command("m.onnx", "m.engine", implicit)
     assert "--int8" in cmd and "--fp16" in cmd and "--calib=c" in cmd and "--stronglyTyped" not in cmd
+    assert cmd.endswith("# TensorRT < 10.1 only")
 
 
 def test_fixed_batches_rechunks_and_drops_the_remainder() -> None:
