@@ -39,7 +39,8 @@ class ExportOptions:
 
     ``tolerance`` replaces the ``max_rel`` of the ``export`` entry of the tolerance table;
     ``verify_batches`` are the batch sizes of the onnxruntime-vs-PyTorch check (ignored with
-    ``static_batch``).
+    ``static_batch``); ``seed`` seeds its inputs and, without ``weights``, the model's random
+    initialisation (so that such a build is the same every time).
     """
 
     output: Path | None = None
@@ -406,14 +407,21 @@ def build_model(options: ExportOptions) -> nn.Module:
     if not options.model:
         raise EdgeBiformerError("the export needs a model name (--model) or a module")
     with stage(f"build {options.model}") as st:
-        model = create_model(options.model, weights=options.weights, **options.overrides)
+        if options.weights:
+            model = create_model(options.model, weights=options.weights, **options.overrides)
+        else:  # a reproducible random initialisation: the same graph, calibration and report each run
+            with torch.random.fork_rng():
+                torch.manual_seed(options.seed)
+                model = create_model(options.model, **options.overrides)
         require_finite_module(
             model, f"{options.model} with the weights {options.weights}" if options.weights else options.model
         )
         check_input_size(model, *image_hw(options.img_size))
         st.details.append(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
         st.details.append(
-            f"weights {options.weights}" if options.weights else "random weights (no --weights)"
+            f"weights {options.weights}"
+            if options.weights
+            else f"random weights (seed {options.seed}, no --weights)"
         )
     return model
 
@@ -425,4 +433,5 @@ def model_record(model: nn.Module, weights: str | os.PathLike[str] | None) -> di
         "config": getattr(model, "config", None),
         "weights": str(Path(weights).resolve()) if weights else None,
         "weights_sha256": sha256_file(weights) if weights else None,
+        "random_weights": not weights and getattr(model, "weights_source", "") is None,
     }

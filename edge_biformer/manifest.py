@@ -58,7 +58,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 #: The fields that name the model an artifact comes from.
-MODEL_FIELDS = ("model", "config", "weights", "weights_sha256")
+#: ``random_weights``: a registry model created without a checkpoint (its random initialisation).
+MODEL_FIELDS = ("model", "config", "weights", "weights_sha256", "random_weights")
 #: Distributions whose versions every manifest records.
 _DISTRIBUTIONS = {
     "torch": "torch",

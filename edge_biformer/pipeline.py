@@ -32,6 +32,7 @@ from typing import Any
 from edge_biformer import check, engine, export, quantize, rewrite, stages
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
+from edge_biformer.calib.demo import DEMO_SOURCE, default_calibration
 from edge_biformer.check import TOLERANCES
 from edge_biformer.check.report import CheckReport
 from edge_biformer.check.stage import CheckOptions
@@ -219,6 +220,8 @@ def _target_build_command(b: _Build, record: Any) -> str:
         args += ["--dla-core", str(e.dla_core)]
     if e.target_tensorrt:
         args += ["--target-trt", e.target_tensorrt]
+    if o.rewrite is None and b.kind != "plugin":
+        args += ["--no-rewrite"]  # as asked here: the target must not rewrite what this build kept
     if e.implicit_int8:
         # The implicit calibrator runs on the target: it needs the images there too.
         source = getattr(b.calib, "source", None)
@@ -247,6 +250,7 @@ def _start_from_onnx(b: _Build) -> None:
     fields = manifests.model_fields(b.manifest["source"]["manifest"])
     # Random weights (no --weights at export) cannot be rebuilt, and a moved checkpoint is not at
     # hand: the reference would not be the exported model, so the check asks for --model/--weights.
+    b.manifest["random_weights"] = fields.get("random_weights")
     if fields.get("weights") and Path(fields["weights"]).is_file():
         b.manifest.update(fields)
         log(
@@ -270,10 +274,7 @@ def _load_data(b: _Build, plan: list[stages.Stage]) -> None:
     )
     spec = o.quantize.calib if o.quantize is not None else None
     if quantizes_int8 and spec is None:
-        raise EdgeBiformerError(
-            "--precision int8 needs calibration data: pass --calib-data with a folder of a few "
-            "hundred representative images (or a .txt list / .npy of preprocessed tensors)"
-        )
+        spec = default_calibration()
     if isinstance(spec, DataSpec):
         b.calib = load_data(spec, b.img_size, "calibration data")  # type: ignore[arg-type]
     else:
@@ -305,8 +306,8 @@ def _recorded_calibration(b: _Build, batch_size: int) -> Any:
         summary = (m.get("quantize") or {}).get("calib_summary") or m.get("calibration")
         if not summary or summary.get("kind") == "synthetic":
             continue
-        path = summary.get("path") or summary.get("source")
-        if not path or not Path(path).exists():
+        path = DEMO_SOURCE if summary.get("kind") == "demo" else summary.get("path") or summary.get("source")
+        if not path or not (path == DEMO_SOURCE or Path(path).exists()):
             log(f"check: the calibration data {path} recorded in {record.get('path')}'s manifest is gone")
             return None
         log(f"check: using the calibration data recorded in {record.get('path')}'s manifest as check inputs")
@@ -342,6 +343,8 @@ def run(options: BuildOptions, model: Any = None) -> BuildResult:
             config=None,
             weights=str(Path(weights).resolve()) if weights else None,
             weights_sha256=sha256_file(weights) if weights else None,
+            # built here without a checkpoint (a module the caller gives keeps its own record)
+            random_weights=not weights and (model is None or getattr(model, "weights_source", "") is None),
         )
         b.img_size = options.img_size or options.export.img_size
         start = None

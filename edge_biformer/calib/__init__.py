@@ -22,6 +22,7 @@ conversion would clip them to white).
 """
 
 from edge_biformer.calib.dataset import CalibrationData, DataSpec, load, load_data, synthetic
+from edge_biformer.calib.demo import DEMO_SOURCE, demo_photos, is_demo
 from edge_biformer.calib.preprocess import (
     CROP_PCT,
     IMAGENET_MEAN,
@@ -42,6 +43,7 @@ from edge_biformer.onnx_io import INPUT_NAME
 
 __all__ = [
     "CROP_PCT",
+    "DEMO_SOURCE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
@@ -52,6 +54,8 @@ __all__ = [
     "CalibrationDataError",
     "DataSpec",
     "ScanResult",
+    "demo_photos",
+    "is_demo",
     "load",
     "load_data",
     "preprocess_image",

@@ -74,7 +74,7 @@ class CalibrationData:
         """The facts a manifest or report records about this set."""
         return {
             "source": self.source,
-            "path": None if self.kind == "synthetic" else os.path.abspath(self.source),
+            "path": None if self.kind in ("synthetic", "demo") else os.path.abspath(self.source),
             "kind": self.kind,
             "found": self.found,
             "used": self.used,
@@ -98,6 +98,8 @@ class CalibrationData:
     def log_line(self) -> str:
         """One line for the CLI log."""
         parts = [f"{self.used} of {self.found} found", f"batch {self.batch_size}"]
+        if self.kind == "demo":
+            parts.insert(0, "BUILT-IN DEMO PHOTOGRAPHS (not for deployment)")
         if self.skipped_unreadable:
             named = ", ".join(self.unreadable_files[:5])
             more = f" and {self.skipped_unreadable - 5} more" if self.skipped_unreadable > 5 else ""

@@ -5,7 +5,9 @@
 * a text file listing image paths, one per line (relative paths are relative to the list file;
   blank lines and ``#`` comments are ignored);
 * an ``.npy`` or ``.npz`` of already preprocessed tensors, ``N x 3 x H x W`` float32 (an ``.npz``
-  holds them under ``input`` or as its only array).
+  holds them under ``input`` or as its only array);
+* ``demo-photos`` (where no file of that name exists): the built-in photographs of
+  :mod:`edge_biformer.calib.demo`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class CalibrationDataError(EdgeBiformerError):
 class ScanResult:
     """What was found at a data path before decoding."""
 
-    kind: str  # "folder" | "list" | "tensors"
+    kind: str  # "folder" | "list" | "tensors" | "demo"
     source: Path
     images: list[Path] = field(default_factory=list)
     labels: list[int] | None = None
@@ -63,9 +65,14 @@ def scan(path: str | os.PathLike[str], labelled: bool = False) -> ScanResult:
     """
     source = Path(path)
     if not source.exists():
+        from edge_biformer.calib.demo import demo_photos, is_demo
+
+        if is_demo(path):  # a file of that name would be the user's data
+            return ScanResult(kind="demo", source=source, images=demo_photos())
         raise CalibrationDataError(
             f"calibration data {source} does not exist: give a folder of images, a .txt file listing "
-            "image paths, or an .npy/.npz of preprocessed N x 3 x H x W float32 tensors"
+            "image paths, an .npy/.npz of preprocessed N x 3 x H x W float32 tensors, or demo-photos "
+            "(the built-in demo set)"
         )
     if source.is_dir():
         result = ScanResult(kind="folder", source=source)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,7 @@ def compare(
     *,
     labels: Any = None,
     reference_accuracy: float | None = None,
+    judge_decisions: bool = True,
 ) -> Comparison:
     """Compare ``actual`` with ``expected`` and judge the result with ``tol``.
 
@@ -179,6 +180,9 @@ def compare(
         tol: an entry of :data:`~edge_biformer.check.tolerances.TOLERANCES` or its name.
         labels: class labels of the samples (classifier outputs): adds the top-1 accuracy.
         reference_accuracy: the reference's top-1 accuracy on ``labels`` (computed if ``None``).
+        judge_decisions: ``False`` for a model with random weights: its top-1/top-5 classes are decided
+            by near-ties of an untrained head, so the agreement and accuracy rules are measured and
+            noted, not judged (the numeric rules still are).
 
     Returns:
         the numbers and the verdict; NaN or Inf on either side always fails.
@@ -205,7 +209,16 @@ def compare(
         result.samples = int(pairs[0][2].shape[0])
     if result.passed and tol.classification and len(pairs) == 1 and pairs[0][2].ndim == 2:
         _classification(result, pairs[0][1], pairs[0][2], labels)
-    _judge(result, tol, labels, reference_accuracy, pairs)
+    if judge_decisions:
+        _judge(result, tol, labels, reference_accuracy, pairs)
+    else:
+        decisions = ("min_top1_agreement", "min_top5_agreement", "max_accuracy_drop")
+        _judge(result, replace(tol, **dict.fromkeys(decisions)), labels, reference_accuracy, pairs)
+        if result.top1_agreement is not None:
+            result.notes.append(
+                "random weights: the top-1/top-5 agreement rules are measured, not judged (an untrained "
+                "head decides its classes by near-ties); the error and cosine rules judge"
+            )
     return result
 
 

@@ -93,6 +93,33 @@ def summary_line(c: TargetResult) -> str:
     )
 
 
+def _warnings(ref: dict[str, Any]) -> list[str]:
+    """Warnings: random weights, and calibration or check data from the built-in demo photographs."""
+    used = [
+        what
+        for what, summary in (("calibrated", ref.get("calibration") or {}), ("checked", ref["data"]))
+        if summary.get("kind") == "demo"
+    ]
+    lines = []
+    if ref.get("random_weights"):
+        lines += [
+            "**Random weights** (no `--weights`): an untrained head decides its classes by near-ties, "
+            "so the top-1/top-5 agreement rules are measured and not judged; the error and cosine rules "
+            "judge. Build with `--weights` for a check of the model's decisions.",
+            "",
+        ]
+    if not used:
+        return lines
+    return [
+        *lines,
+        f"**Warning: {' and '.join(used)} on the built-in demo set** (photographs bundled with "
+        "scikit-image). That is enough to try the tool and no evidence for a deployment: calibrate on "
+        "a few hundred of the deployment's own images (`--calib-data DIR`) and check on held-out ones "
+        "(`--eval-data DIR`).",
+        "",
+    ]
+
+
 def render_markdown(report: CheckReport) -> str:
     """``report.md``: the verdicts, the numbers, the tolerances and the commands to rerun."""
     ref = report.reference
@@ -101,12 +128,14 @@ def render_markdown(report: CheckReport) -> str:
         "",
         f"Result: **{'PASS' if report.passed else 'FAIL'}** ({report.created})",
         "",
-        f"Reference: FP32 PyTorch on {ref['samples']} samples in batches {ref['batches']} "
+        f"Reference: {ref.get('description', 'FP32 PyTorch')} on {ref['samples']} samples in batches "
+        f"{ref['batches']} "
         f"(data: {ref['data'].get('source', 'n/a')}, {ref['data'].get('kind', '')}); "
         f"max |logit| {ref['logit_scale']:.4g}"
         + (f"; top-1 accuracy {ref['top1_accuracy']:.2%}" if ref.get("top1_accuracy") is not None else "")
         + ".",
         "",
+        *_warnings(ref),
         "| artifact | precision | status | max abs diff | mean abs diff | min cosine | top-1 agree "
         "| top-5 agree | top-1 acc | atol / rtol (stat) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

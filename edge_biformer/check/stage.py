@@ -1,8 +1,9 @@
 """The check stage: every artifact of a build directory against FP32 PyTorch, written as a report.
 
 The reference is the FP32 PyTorch model on the check inputs (real images: ``--check-data``, else the
-calibration images, also those recorded for a ``--from-onnx`` graph; seeded noise only when there
-are none). Where PyTorch cannot rebuild the model (random weights, a checkpoint that is gone) the
+calibration images, also those recorded for a ``--from-onnx`` graph, else the built-in demo
+photographs; seeded noise only when scikit-image's photographs are not installed). Where PyTorch
+cannot rebuild the model (random weights, a checkpoint that is gone) the
 plain FP32 export of the same weights in onnxruntime is the reference, and without either the check
 raises :class:`NoReferenceError` (:mod:`edge_biformer.check.reference`). Each artifact (the exported
 ONNX in onnxruntime, the quantized / rewritten ONNX in :func:`edge_biformer.cpu_session`, the
@@ -93,6 +94,8 @@ def targets_from_manifest(outdir: Path, manifest: dict[str, Any]) -> list[Target
     arts = manifest.get("artifacts", {})
     lib_info = manifest.get("plugin_library") or {}
     lib = lib_info.get("path") or (f"/path/to/{PLUGIN_LIBRARY_NAME}" if lib_info.get("needed") else None)
+    # The target TensorRT (8.x: weakly typed, precision flags) decides the printed Polygraphy options.
+    tensorrt = ((manifest.get("engine") or {}).get("target") or {}).get("tensorrt")
     targets: list[Target] = []
     if arts.get("onnx"):
         targets.append(Target("onnx export (onnxruntime)", path_of(outdir, arts["onnx"]), "fp32", "onnxrt"))
@@ -109,10 +112,13 @@ def targets_from_manifest(outdir: Path, manifest: dict[str, Any]) -> list[Target
                 "cpu_session",
                 lib,
                 profile_shapes=(manifest.get("profile") or {}).get("shapes"),
+                tensorrt=tensorrt,
             )
         )
     engine = arts.get("engine") or artifact_name("engine", prec)
-    targets.append(Target(f"{prec} engine (tensorrt)", path_of(outdir, engine), prec, "tensorrt", lib))
+    targets.append(
+        Target(f"{prec} engine (tensorrt)", path_of(outdir, engine), prec, "tensorrt", lib, tensorrt=tensorrt)
+    )
     return targets
 
 
@@ -146,10 +152,17 @@ def judge(
     reference_accuracy: float | None,
     inputs_json: str,
     reference_json: str,
+    judge_decisions: bool = True,
 ) -> TargetResult:
-    """Judge ``outputs`` of ``target`` against ``reference`` with the tolerance of its precision."""
+    """Judge ``outputs`` of ``target`` against ``reference`` with the tolerance of its precision.
+
+    ``judge_decisions=False`` (random weights): the class-agreement rules are reported, not judged.
+    """
     tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
-    c = compare(outputs, reference, tol, labels=labels, reference_accuracy=reference_accuracy)
+    c = compare(
+        outputs, reference, tol, labels=labels, reference_accuracy=reference_accuracy,
+        judge_decisions=judge_decisions,
+    )  # fmt: skip
     result = _result(
         target,
         "pass",
@@ -203,10 +216,13 @@ def compare_targets(
     data_summary: dict[str, Any] | None = None,
     runner: str = REFERENCE_RUNNER,
     description: str = "FP32 PyTorch",
+    calibration: dict[str, Any] | None = None,
+    judge_decisions: bool = True,
 ) -> CheckReport:
     """Polygraphy JSON files, every comparison, ``report.json`` and ``report.md``.
 
-    ``runner`` names the reference in Polygraphy's results, ``description`` in the report.
+    ``runner`` names the reference in Polygraphy's results, ``description`` in the report;
+    ``calibration`` is the build's calibration summary (the report warns about the demo set).
     """
     outdir = Path(outdir)
     check_dir = outdir / "check"
@@ -227,6 +243,8 @@ def compare_targets(
         "top1_accuracy": ref_accuracy,
         "logit_scale": float(np.abs(ref_all).max()),
         "data": data_summary or {},
+        "calibration": calibration,
+        "random_weights": not judge_decisions,
         "outdir": str(outdir),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -254,6 +272,7 @@ def compare_targets(
             reference_accuracy=ref_accuracy,
             inputs_json=inputs_json,
             reference_json=reference_json,
+            judge_decisions=judge_decisions,
         )
         result.seconds = round(time.perf_counter() - t0, 3)
         with contextlib.suppress(Exception):
@@ -323,11 +342,21 @@ def _saved_inputs(check_dir: Path) -> tuple[list[np.ndarray], np.ndarray | None]
 
 
 def _check_data(options: CheckOptions, profile: BatchProfile, img_size: tuple[int, ...]) -> Any:
-    """The check inputs: the given data, else seeded noise (and say what that is worth)."""
+    """The check inputs: the given data, else the built-in demo photographs, else seeded noise."""
     if options.data is not None:
         return options.data
-    from edge_biformer.calib import synthetic
+    from edge_biformer.calib import DEMO_SOURCE, CalibrationDataError, DataSpec, synthetic
 
+    try:
+        data = load_data(DataSpec(DEMO_SOURCE), img_size, "check data", batch_size=profile.opt)
+    except CalibrationDataError as err:
+        log(f"check: the built-in demo photographs are not available ({err})")
+    else:
+        log(
+            f"check: no --check-data/--eval-data given, checking on the {len(data)} built-in demo "
+            "photographs (your own held-out images are better evidence: --eval-data DIR)"
+        )
+        return data
     log(
         "check: no --check-data/--eval-data given, using seeded random inputs (agreement numbers on "
         "noise are weaker evidence than on real images; INT8 in particular is calibrated for images)"
@@ -399,7 +428,8 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     with stage("accuracy check") as st:
         report = compare_targets(
             targets, batches, reference, outdir, labels=labels, data_summary=summary, runner=ref.runner,
-            description=ref.description,
+            description=ref.description, calibration=_calibration_of(manifest),
+            judge_decisions=not manifest.get("random_weights"),
         )  # fmt: skip
         st.output = outdir / "report.md"
         st.details.append("PASS" if report.passed else "FAIL")
@@ -416,6 +446,17 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     if own:
         manifests.write_manifest(outdir / "manifest.json", manifest)
     return report
+
+
+def _calibration_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The calibration summary of a build, or of the quantized graph it started from."""
+    if manifest.get("calibration"):
+        return manifest["calibration"]
+    for record in manifests.sources(manifest):
+        summary = ((record.get("manifest") or {}).get("quantize") or {}).get("calib_summary")
+        if summary:
+            return summary
+    return None
 
 
 def _save_labels(check_dir: Path, labels: np.ndarray | None) -> None:

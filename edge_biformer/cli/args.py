@@ -217,8 +217,9 @@ class CalibArgs(ArgGroup):
         group.add_argument(
             "--calib-data",
             metavar="PATH",
-            help="folder of images (recursive; JPEG/PNG/WebP/BMP), .txt list of image paths, or .npy/.npz "
-            "of preprocessed N x 3 x H x W float32 tensors",
+            help="folder of images (recursive; JPEG/PNG/WebP/BMP/TIFF), .txt list of image paths, or "
+            ".npy/.npz of preprocessed N x 3 x H x W float32 tensors (default: the built-in demo "
+            "photographs, demo-photos: to try the tool, not to deploy)",
         )
         group.add_argument("--calib-num", type=int, metavar="N", help="use at most N images (default: all)")
         group.add_argument(
@@ -295,8 +296,8 @@ class CheckDataArgs(ArgGroup):
         group.add_argument(
             "--check-data",
             metavar="PATH",
-            help="unlabelled check inputs (folder, .txt list or .npy/.npz); default: --calib-data, else "
-            "noise",
+            help="unlabelled check inputs (folder, .txt list or .npy/.npz); default: the calibration "
+            "images, else the built-in demo photographs",
         )
         group.add_argument(
             "--check-num", type=int, default=64, help="at most this many check samples (default 64)"

@@ -41,11 +41,6 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeBiformerError(f"{source} does not exist; export one with `edge-biformer export`")
     output = check_onnx_output(args.output, source)
     options = CalibArgs().options(args, args.precision, source=source, output=output)
-    if args.precision == "int8" and options.calib is None:
-        raise EdgeBiformerError(
-            "--precision int8 needs calibration data: pass --calib-data with a folder of a few hundred "
-            "representative images (or a .txt list / .npy of preprocessed tensors)"
-        )
     quantize.run(options)
     _print_next(output, args.precision)
     return 0

@@ -57,4 +57,6 @@ def create_model(name: str, weights: str | os.PathLike[str] | None = None, **ove
         load_weights(model, weights, variant=name if not overrides else f"{name} with {overrides}")
     model.config = config  # type: ignore[assignment]
     model.variant = name  # type: ignore[assignment]
+    # The checkpoint it was created from; None: its random initialisation (manifests record that).
+    model.weights_source = str(weights) if weights is not None else None  # type: ignore[assignment]
     return model.eval()

@@ -15,6 +15,7 @@ import onnx
 
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
+from edge_biformer.calib.demo import default_calibration
 from edge_biformer.onnx_io import image_size, save_model
 from edge_biformer.quantize.fp16 import quantize_fp16
 from edge_biformer.quantize.int8 import quantize_int8
@@ -28,7 +29,8 @@ __all__ = ["QuantizeOptions", "run"]
 class QuantizeOptions:
     """The conversion of ``source`` (a plain export) into ``output`` at ``precision``.
 
-    ``calib``: the calibration set (a :class:`edge_biformer.calib.CalibrationData`; int8 only);
+    ``calib``: the calibration set (a :class:`edge_biformer.calib.CalibrationData` or
+    :class:`~edge_biformer.calib.DataSpec`; int8 only; ``None``: the built-in demo photographs, said loudly);
     ``method``: ``entropy`` or ``max``; ``exclude``: node-name regular expressions kept out of INT8
     (kept in FP32 by the FP16 conversion); ``high_precision``: what the non-INT8 ops of an int8 graph
     become (``fp16`` or ``fp32``); ``cache``: the calibration cache (default ``<output>.calib.cache``
@@ -63,12 +65,7 @@ def run(options: QuantizeOptions) -> QuantizeResult:
             st.details.append(f"{result.fp32_nodes} nodes kept in fp32")
         graph = "fp16"
     elif options.precision == "int8":
-        if options.calib is None:
-            raise QuantizationError(
-                "--precision int8 needs calibration data: pass --calib-data with a folder of a few hundred "
-                "representative images (or a .txt list / .npy of preprocessed tensors)"
-            )
-        calib = options.calib
+        calib = options.calib if options.calib is not None else default_calibration()
         if isinstance(calib, DataSpec):
             size = image_size(source, error=QuantizationError) or options.img_size
             if size is None:

@@ -111,3 +111,15 @@ def test_agreement_rules_fail_only_what_the_samples_show() -> None:
     assert failing_agreement(30, 0.97) == pytest.approx(27 / 30)
     n = samples_to_resolve(0.97)
     assert 0.97 - failing_agreement(n, 0.97) <= 0.02 < 0.97 - failing_agreement(n // 4, 0.97)
+
+
+def test_random_weights_measure_the_class_rules_without_judging_them() -> None:
+    rule = Tolerance("t", max_abs=1.0, min_top1_agreement=0.97, min_top5_agreement=0.99)
+    actual, expected = _flipped(30, 5)
+    judged = compare(actual, expected, rule)
+    assert not judged.passed and "top-1 agreement" in judged.failures[0]
+    measured = compare(actual, expected, rule, judge_decisions=False)
+    assert measured.passed and measured.top1_agreement == pytest.approx(25 / 30)
+    assert any("random weights" in note for note in measured.notes)
+    # the numeric rules still judge
+    assert not compare(actual + 2.0, expected, rule, judge_decisions=False).passed

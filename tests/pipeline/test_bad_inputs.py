@@ -21,7 +21,7 @@ from edge_biformer.cli.main import main
 from tests.reduced_model import CHECKPOINT, arch_args, export_reduced, train_script
 
 pytest.importorskip(
-    "modelopt.onnx.quantization", reason="nvidia-modelopt (the [quant] extra) is not installed"
+    "modelopt.onnx.quantization", reason="nvidia-modelopt (a default dependency) is not installed"
 )
 
 
@@ -31,8 +31,11 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_script().write_image_folder(tmp_path_factory.mktemp("images"), "calib", 24)
+def calib_dir() -> str:
+    """Real photographs: the built-in demo set (``--calib-data demo-photos``)."""
+    from edge_biformer.calib import DEMO_SOURCE
+
+    return DEMO_SOURCE
 
 
 def _listing(folder: Path) -> list[str]:
@@ -117,7 +120,7 @@ def test_non_finite_reference_outputs_are_an_error() -> None:
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_quantize_of_a_rewritten_graph_is_refused(
-    plain: Path, calib_dir: Path, tmp_path: Path, capsys, precision: str
+    plain: Path, calib_dir: str, tmp_path: Path, capsys, precision: str
 ) -> None:
     rewritten = tmp_path / "plain.plugin.onnx"
     assert main(["rewrite", str(plain), "-o", str(rewritten)]) == 0
@@ -192,7 +195,7 @@ def test_calibration_uses_every_image_or_says_why_not() -> None:
         calibration_batches(graph(4), 8, 3)
 
 
-def test_int8_of_a_graph_with_external_data(plain: Path, calib_dir: Path, tmp_path: Path) -> None:
+def test_int8_of_a_graph_with_external_data(plain: Path, calib_dir: str, tmp_path: Path) -> None:
     model = onnx.load(str(plain))
     external = tmp_path / "ext" / "ext.onnx"
     external.parent.mkdir()
@@ -211,7 +214,7 @@ def test_int8_of_a_graph_with_external_data(plain: Path, calib_dir: Path, tmp_pa
 
 @pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_a_failed_int8_quantize_leaves_nothing_beside_the_output(
-    plain: Path, calib_dir: Path, tmp_path: Path, monkeypatch, failure: BaseException
+    plain: Path, calib_dir: str, tmp_path: Path, monkeypatch, failure: BaseException
 ) -> None:
     """modelopt writes model_named.onnx, model_opset19.onnx, ... beside its input and output."""
     import modelopt.onnx.quantization as mq

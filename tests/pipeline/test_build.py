@@ -163,13 +163,15 @@ def test_recompute_uses_the_best_reference_and_keeps_the_replaced_one(
     assert main([*build, "--output", str(out), "--check-data", str(images["test"]), "--check-num", "16"]) == 0
     saved = json.loads((out / "report.json").read_text())["reference"]
     assert saved["runner"] == "pytorch"  # the model in hand during the build
+    assert saved["random_weights"] and json.loads((out / "manifest.json").read_text())["random_weights"]
+    assert "**Random weights**" in (out / "report.md").read_text()
     capsys.readouterr()
     assert main(["check", str(out), "--recompute"]) == 0
     printed = capsys.readouterr().out
     assert f"reference = the FP32 export {out / 'model.onnx'} in onnxruntime" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["reference"]["runner"] == "onnxrt_fp32"
-    assert [c["name"] for c in report["comparisons"]][0] == "fp16 onnx (onnxruntime)"  # not itself
+    assert report["comparisons"][0]["name"] == "fp16 onnx (onnxruntime)"  # not the reference itself
     kept = sorted(p.name for p in (out / "check").glob("*.replaced-*"))
     assert [k.split(".")[0] for k in kept] == ["reference"]  # same inputs, another reference
     (out / "model.onnx").unlink()
@@ -187,8 +189,7 @@ def test_check_errors(tmp_path: Path, capsys) -> None:
 def test_build_argument_errors(images: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert main(["build", "--precision", "fp32", "--output", str(tmp_path / "o")]) == 2
     assert "--model NAME" in capsys.readouterr().err
-    assert main(_build(tmp_path / "o", "int8")) == 2
-    assert "needs calibration data" in capsys.readouterr().err
+    # (int8 without --calib-data calibrates on the demo photographs: test_int8_build_without_calib_data_...)
     assert main(_build(tmp_path / "o", "fp32", "--batch", "8,4,16")) == 2
     assert "MIN <= OPT <= MAX" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -306,3 +307,46 @@ def test_from_onnx_without_any_reference_warns_and_skips_the_check(tmp_path: Pat
     skipped = manifest["check"]["skipped"]
     assert "names no PyTorch model" in skipped and "missing or changed" in skipped
     assert not (out / "report.md").exists()
+
+
+def test_int8_build_without_calib_data_uses_the_demo_photographs(tmp_path: Path, capsys) -> None:
+    """The first command of the Quickstart, on the reduced model: no data given, no data needed."""
+    out = tmp_path / "int8"
+    rc = main(_build(out, "int8"))
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "WARNING: no --calib-data: calibrating on the built-in demo set (16 photographs" in printed
+    assert "demo-photos: BUILT-IN DEMO PHOTOGRAPHS (not for deployment), 16 of 16 found" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["kind"] == "demo" and manifest["check_data"]["kind"] == "demo"
+    assert manifest["check"]["passed"]
+    report = (out / "report.md").read_text()
+    assert "**Warning: calibrated and checked on the built-in demo set**" in report
+    commands = [c["command"] for c in json.loads((out / "report.json").read_text())["comparisons"]]
+    onnxrt = [c for c in commands if "--onnxrt" in c]
+    assert len(onnxrt) == 2
+    for command in onnxrt:  # they pass as printed
+        proc = subprocess.run(
+            [polygraphy_exe(), *command.split()[1:]], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_printed_target_commands_follow_the_build(tmp_path: Path, capsys) -> None:
+    """--no-rewrite is repeated in the target's build line; --target-trt 8.6 gives weakly typed commands."""
+    plain = export_reduced(tmp_path / "plain.onnx", weights=CHECKPOINT)
+    kept = tmp_path / "kept"
+    assert (
+        main(["build", "--from-onnx", str(plain), "--precision", "fp32", "--no-rewrite", "-o", str(kept)])
+        == 0
+    )
+    assert "--no-rewrite" in json.loads((kept / "manifest.json").read_text())["engine"]["build_command"]
+    out = tmp_path / "out"
+    argv = ["build", "--from-onnx", str(plain), "--precision", "fp16", "--target-trt", "8.6", "-o", str(out)]
+    assert main(argv) == 0, capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "--target-trt 8.6" in manifest["engine"]["build_command"]
+    assert "--no-rewrite" not in manifest["engine"]["build_command"]
+    rows = json.loads((out / "report.json").read_text())["comparisons"]
+    plugin_row = next(c for c in rows if c["kind"] == "cpu_session")  # Polygraphy builds it with --trt
+    assert "--fp16" in plugin_row["command"] and "--strongly-typed" not in plugin_row["command"]

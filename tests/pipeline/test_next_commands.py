@@ -20,7 +20,7 @@ from tests.conftest import polygraphy_exe
 from tests.reduced_model import CHECKPOINT, arch_args, train_script
 
 pytest.importorskip(
-    "modelopt.onnx.quantization", reason="nvidia-modelopt (the [quant] extra) is not installed"
+    "modelopt.onnx.quantization", reason="nvidia-modelopt (a default dependency) is not installed"
 )
 
 

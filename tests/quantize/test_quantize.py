@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from edge_biformer.testing import assert_close
 from tests.reduced_model import export_reduced
 
 pytest.importorskip(
-    "modelopt.onnx.quantization", reason="nvidia-modelopt (the [quant] extra) is not installed"
+    "modelopt.onnx.quantization", reason="nvidia-modelopt (a default dependency) is not installed"
 )
 from edge_biformer import quantize
 from edge_biformer.quantize.calib_cache import activation_scales
@@ -23,6 +24,11 @@ from edge_biformer.quantize.calib_cache import activation_scales
 @pytest.fixture(scope="module")
 def reduced_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_reduced(tmp_path_factory.mktemp("reduced") / "reduced.onnx")
+
+
+def _photos(num: int, seed: int = 0) -> calib.CalibrationData:
+    """``num`` of the built-in demo photographs at the reduced model's 48x48 (a seeded subset)."""
+    return calib.load(calib.DEMO_SOURCE, img_size=48, num=num, seed=seed, batch_size=8)
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -55,7 +61,7 @@ def test_node_policy_keeps_routing_norms_and_attention_out_of_int8(reduced_onnx:
 
 @pytest.mark.slow
 def test_int8_qdq_runs_in_onnxruntime_and_cache_is_reused(reduced_onnx: Path, tmp_path: Path) -> None:
-    data = calib.synthetic(16, 48, batch_size=8, seed=1)
+    data = _photos(16)  # real photographs (the built-in demo set), not noise
     cache = tmp_path / "calib.cache"
     first = quantize.quantize_int8(reduced_onnx, tmp_path / "a.onnx", data, cache=cache)
     assert first.qdq_pairs > 0 and not first.calib_cache_reused and cache.is_file()
@@ -77,12 +83,10 @@ def test_int8_qdq_runs_in_onnxruntime_and_cache_is_reused(reduced_onnx: Path, tm
     b = activation_scales(onnx.load(str(tmp_path / "b.onnx")))
     assert a and a.keys() == b.keys() and all(np.isclose(a[k], b[k], rtol=1e-3) for k in a)
     # Other data -> no reuse.
-    other = quantize.quantize_int8(
-        reduced_onnx, tmp_path / "c.onnx", calib.synthetic(16, 48, batch_size=8, seed=2), cache=cache
-    )
+    other = quantize.quantize_int8(reduced_onnx, tmp_path / "c.onnx", _photos(8, seed=2), cache=cache)
     assert not other.calib_cache_reused
 
-    x = calib.synthetic(4, 48, seed=3).tensors
+    x = _photos(4, seed=3).tensors
     ref = _run(reduced_onnx, x)
     out = _run(tmp_path / "a.onnx", x)
     assert out.dtype == np.float32
@@ -106,7 +110,7 @@ def test_fp16_mixed_precision(reduced_onnx: Path, tmp_path: Path) -> None:
             assert types[node.output[0]] == onnx.TensorProto.FLOAT
         if node.op_type == "Softmax":
             assert types[node.output[0]] == onnx.TensorProto.FLOAT16
-    x = calib.synthetic(2, 48, seed=4).tensors
+    x = _photos(2, seed=4).tensors
     ref, got = _run(reduced_onnx, x), _run(out, x)
     assert_close(got, ref, max_rel=1e-2)
 
@@ -134,8 +138,15 @@ def test_calib_cache_roundtrip(tmp_path: Path) -> None:
 
 
 def test_quantize_cli_errors(reduced_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["quantize", str(reduced_onnx), "--precision", "int8", "--output", str(tmp_path / "q.onnx")])
-    assert rc == 2 and "needs calibration data" in capsys.readouterr().err
+    # Without --calib-data: the built-in demo photographs, said loudly and recorded.
+    rc = main(["quantize", str(reduced_onnx), "--precision", "int8", "--output", str(tmp_path / "demo.onnx")])
+    printed = capsys.readouterr().out
+    assert (
+        rc == 0
+        and "WARNING: no --calib-data: calibrating on the built-in demo set (16 photographs" in printed
+    )
+    summary = json.loads((tmp_path / "demo.manifest.json").read_text())["quantize"]["calib_summary"]
+    assert summary["kind"] == "demo" and summary["used_for_calibration"] == 16
     empty = tmp_path / "empty"
     empty.mkdir()
     rc = main(
@@ -172,7 +183,7 @@ def test_int8_rejects_converted_graphs(reduced_onnx: Path, tmp_path: Path) -> No
     with pytest.raises(quantize.QuantizationError, match="already converted to float16"):
         quantize.quantize_int8(fp16, tmp_path / "q.onnx", calib.synthetic(2, 48))
     qdq = tmp_path / "qdq.onnx"
-    quantize.quantize_int8(reduced_onnx, qdq, calib.synthetic(8, 48, seed=1))
+    quantize.quantize_int8(reduced_onnx, qdq, _photos(8, seed=1))
     with pytest.raises(quantize.QuantizationError, match="already quantized"):
         quantize.quantize_int8(qdq, tmp_path / "q2.onnx", calib.synthetic(2, 48))
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q2.onnx").exists()

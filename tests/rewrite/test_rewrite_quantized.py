@@ -14,7 +14,7 @@ from edge_biformer.rewrite import RewriteError, Rewriter, load_onnx, rewrite_onn
 from tests.reduced_model import CHECKPOINT, export_reduced, train_script
 
 pytest.importorskip(
-    "modelopt.onnx.quantization", reason="nvidia-modelopt (the [quant] extra) is not installed"
+    "modelopt.onnx.quantization", reason="nvidia-modelopt (a default dependency) is not installed"
 )
 
 
