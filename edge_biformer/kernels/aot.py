@@ -38,7 +38,7 @@ from pathlib import Path
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.kernels import cgen
 from edge_biformer.kernels.compile import compile_all, elf_function_symbols
-from edge_biformer.kernels.config import DTYPES, HEAD_DIM_BUCKETS, Variant, all_variants
+from edge_biformer.kernels.config import DTYPES, HEAD_DIM_BUCKETS, Variant, all_variants, policy
 from edge_biformer.kernels.image import AotError, Image
 from edge_biformer.utils import atomic_output, log, stage
 
@@ -57,7 +57,7 @@ STATIC_SOURCES: tuple[str, ...] = ("plugins/bra/kernels/bra_launch.c",)
 #: Sources whose bytes determine the generated output or what it is compiled with (recorded in the
 #: manifest): the kernel, the tile policy and the generator (beside this file), and the static
 #: launcher and headers the tables are laid out for (relative to the repository).
-_SOURCES = ("bra_triton.py", "config.py", "aot.py", "compile.py", "cgen.py", "image.py")
+_SOURCES = ("bra_triton.py", "config.py", "launch.py", "aot.py", "compile.py", "cgen.py", "image.py")
 _STATIC_FILES = (*STATIC_SOURCES, "plugins/bra/kernels/bra_kernel_tables.h", "plugins/bra/bra_launch.h")
 
 
@@ -198,7 +198,8 @@ def run_aot(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         with stage("aot write") as st:
-            manifest = _write_outputs(staging, variants, images, archs, ptx_list, ptxas)
+            table = policy(tuple(dtypes), tuple(head_dims))
+            manifest = _write_outputs(staging, variants, table, images, archs, ptx_list, ptxas)
             _clean_outputs(out)
             for entry in sorted(staging.iterdir()):
                 os.replace(entry, out / entry.name)
@@ -212,6 +213,7 @@ def run_aot(
 def _write_outputs(
     out: Path,
     variants: Sequence[Variant],
+    table: dict[tuple[str, bool, int, str], Variant],
     images: Sequence[Image],
     archs: Sequence[int],
     ptx_list: Sequence[int],
@@ -238,6 +240,7 @@ def _write_outputs(
             )
     sources = cgen.generate(
         variants=variants,
+        policy=table,
         images=images,
         archs=archs,
         ptx_archs=ptx_list,
@@ -246,7 +249,7 @@ def _write_outputs(
     )
     for name, text in sources.items():
         _write(out / name, text.encode())
-    manifest = _manifest(variants, images, archs, ptx_list, ptxas, files, triton.__version__)
+    manifest = _manifest(variants, table, images, archs, ptx_list, ptxas, files, triton.__version__)
     _write(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return manifest
 
@@ -260,6 +263,7 @@ def _header_comment(triton_version: str) -> str:
 
 def _manifest(
     variants: Sequence[Variant],
+    table: dict[tuple[str, bool, int, str], Variant],
     images: Sequence[Image],
     archs: Sequence[int],
     ptx_archs: Sequence[int],
@@ -284,6 +288,10 @@ def _manifest(
         "params": [{"name": n, "type": t} for n, t in RUNTIME_PARAMS]
         + [{"name": f"hidden{i}", "type": "ptr"} for i in range(images[0].n_hidden)],
         "variants": [{"name": v.name, **asdict(v)} for v in variants],
+        "policy": [
+            {"dtype": d, "aligned": a, "block_d": b, "region": r, "variant": v.name}
+            for (d, a, b, r), v in sorted(table.items())
+        ],
         "images": [
             {"variant": img.variant, "arch": img.arch, "shared": img.shared, "num_warps": img.num_warps}
             for img in images

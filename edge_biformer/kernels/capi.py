@@ -113,21 +113,48 @@ def build_launcher(
         str(out),
     ]
     if link_cuda:
-        # Link against the driver, or the toolkit's stubs where no unversioned libcuda.so is installed;
-        # at run time the soname libcuda.so.1 resolves to the driver.
-        for d in (
-            "lib64/stubs",
-            "lib/stubs",
-            "targets/x86_64-linux/lib/stubs",
-            "targets/sbsa-linux/lib/stubs",
-        ):
-            if (inc.parent / d / "libcuda.so").is_file():
-                cmd.append(f"-L{inc.parent / d}")
-        cmd.append("-lcuda")
+        cmd += cuda_link_args(inc)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise EdgeBiformerError(f"compiling the launcher failed:\n{' '.join(cmd)}\n{proc.stderr}")
     return Path(out)
+
+
+#: Where drivers install libcuda (besides the dynamic linker's cache).
+_DRIVER_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/cuda/compat",
+    "/usr/lib/wsl/lib",
+    "/usr/lib/aarch64-linux-gnu/nvidia",
+)
+
+
+def _ldconfig_dirs(name: str) -> list[Path]:
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return []
+    return [Path(line.split("=>")[-1].strip()).parent for line in out.splitlines() if name in line]
+
+
+def cuda_link_args(cuda_include: Path) -> list[str]:
+    """Linker arguments for the CUDA driver: ``-lcuda`` against the toolkit's stubs or an unversioned
+    ``libcuda.so``, else the driver's ``libcuda.so.1`` itself (all a driver-only machine has). At run
+    time the soname ``libcuda.so.1`` resolves to the driver either way."""
+    root = cuda_include.parent
+    stub_dirs = [root / d for d in ("lib64/stubs", "lib/stubs", "targets/x86_64-linux/lib/stubs",
+                                    "targets/sbsa-linux/lib/stubs")]  # fmt: skip
+    system = [Path(d) for d in _DRIVER_DIRS] + _ldconfig_dirs("libcuda.so")
+    for d in stub_dirs + system:
+        if (d / "libcuda.so").is_file():
+            return [f"-L{d}", "-lcuda"]
+    for d in system:
+        if (d / "libcuda.so.1").is_file():
+            return [str(d / "libcuda.so.1")]
+    return ["-lcuda"]
 
 
 def include_dirs(gen_dir: str | os.PathLike[str]) -> list[Path]:

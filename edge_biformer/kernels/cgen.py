@@ -5,8 +5,9 @@ The launcher itself is hand-written C (``plugins/bra/kernels/bra_launch.c``, imp
 ``plugins/bra/kernels/bra_kernel_tables.h`` declares it:
 
 - ``bra_kernels.h``: the sizes of the tables, the kernel's argument counts and name;
-- ``bra_kernels.c``: the variant table, the list of image sets and the tile policy tables of
-  :mod:`edge_biformer.kernels.config` (head-dim buckets, region bounds, dtypes with aligned variants);
+- ``bra_kernels.c``: the variant table, the list of image sets and the tile policy of
+  :mod:`edge_biformer.kernels.config` (which variant serves each dtype, alignment, head-dim bucket
+  and region class; head-dim buckets, region bounds, dtypes with aligned variants);
 - ``bra_images_sm<arch>.c`` / ``bra_images_ptx<arch>.c``: one image set each, the cubins (or PTX)
   of every variant as byte arrays.
 
@@ -29,10 +30,11 @@ from edge_biformer.kernels.config import (
     Variant,
 )
 from edge_biformer.kernels.image import Image
+from edge_biformer.kernels.launch import MAX_KEYS
 
 #: The table layout the generated sources follow: ``EB_BRA_TABLES_FORMAT`` of
 #: ``plugins/bra/kernels/bra_kernel_tables.h`` (which refuses to compile with another one).
-TABLES_FORMAT = 2
+TABLES_FORMAT = 3
 #: Name of the generated header and of the generated table source.
 HEADER = "bra_kernels.h"
 TABLES_SOURCE = "bra_kernels.c"
@@ -93,12 +95,13 @@ def _images_source(
     return "\n".join(out)
 
 
-def _header(comment: str, n_variants: int, n_hidden: int, n_sets: int) -> str:
+def _header(comment: str, n_variants: int, n_policy: int, n_hidden: int, n_sets: int) -> str:
     from edge_biformer.kernels.bra_triton import KERNEL_NAME, RUNTIME_PARAMS
 
     defines = {
         "EB_BRA_GENERATED_TABLES_FORMAT": str(TABLES_FORMAT),
         "EB_BRA_NUM_VARIANTS": str(n_variants),
+        "EB_BRA_NUM_POLICY": str(n_policy),
         "EB_BRA_NUM_KERNEL_ARGS": str(len(RUNTIME_PARAMS)),
         "EB_BRA_NUM_HIDDEN_ARGS": str(n_hidden),
         "EB_BRA_KERNEL_NAME": f'"{KERNEL_NAME}"',
@@ -109,6 +112,7 @@ def _header(comment: str, n_variants: int, n_hidden: int, n_sets: int) -> str:
         "EB_BRA_MAX_GRID": f"{MAX_GRID}LL",
         "EB_BRA_ALIGN_ELEMS": str(ALIGN_ELEMS),
         "EB_BRA_ALIGN_BYTES": f"{ALIGN_BYTES}u",
+        "EB_BRA_MAX_KEYS": f"{MAX_KEYS}LL",
     }
     return "\n".join(
         [
@@ -125,11 +129,25 @@ def _header(comment: str, n_variants: int, n_hidden: int, n_sets: int) -> str:
     )
 
 
-def _tables_source(comment: str, variants: Sequence[Variant], set_names: Sequence[str]) -> str:
+def _tables_source(
+    comment: str,
+    variants: Sequence[Variant],
+    policy: dict[tuple[str, bool, int, str], Variant],
+    set_names: Sequence[str],
+) -> str:
     rows = [
-        f"    {{{_DTYPE_ENUM[v.dtype]}, {int(v.aligned)}, {v.block_d}, {v.region_index}, {v.block_m}, "
-        f'{v.block_n}, {v.num_warps}, "{v.name}"}},'
+        f"    {{{_DTYPE_ENUM[v.dtype]}, {int(v.aligned)}, {v.block_d}, {v.block_m}, {v.block_n}, "
+        f'{v.heads_per_tile}, {v.num_warps}, "{v.name}"}},'
         for v in variants
+    ]
+    index = {v.name: i for i, v in enumerate(variants)}
+    regions = [name for name, _ in REGION_CLASSES]
+    policy_rows = [
+        f"    {{{_DTYPE_ENUM[dtype]}, {int(aligned)}, {block_d}, {regions.index(region)}, {index[v.name]}}},"
+        f" /* {region}: {v.name} */"
+        for (dtype, aligned, block_d, region), v in sorted(
+            policy.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], regions.index(kv[0][3]))
+        )
     ]
     head_buckets = ", ".join(str(b) for b in HEAD_DIM_BUCKETS)
     region_bounds = ", ".join(str(b or 0) for _, b in REGION_CLASSES)
@@ -147,6 +165,10 @@ def _tables_source(comment: str, variants: Sequence[Variant], set_names: Sequenc
             *rows,
             "};",
             "",
+            "const eb_bra_policy_t eb_bra_policy[EB_BRA_NUM_POLICY] = {",
+            *policy_rows,
+            "};",
+            "",
             "const eb_bra_image_set_t* const eb_bra_image_sets[EB_BRA_NUM_IMAGE_SETS] = {",
             *(f"    &eb_bra_image_set_{n}," for n in set_names),
             "};",
@@ -162,21 +184,28 @@ def _tables_source(comment: str, variants: Sequence[Variant], set_names: Sequenc
 def generate(
     *,
     variants: Sequence[Variant],
+    policy: dict[tuple[str, bool, int, str], Variant],
     images: Sequence[Image],
     archs: Sequence[int],
     ptx_archs: Sequence[int],
     n_hidden: int,
     header_comment: str,
 ) -> dict[str, str]:
-    """All generated C sources by file name (``aot.generated_sources`` lists the ``.c`` ones)."""
+    """All generated C sources by file name (``aot.generated_sources`` lists the ``.c`` ones).
+
+    ``policy`` maps every (dtype, aligned, head-dim bucket, region class) built to one of ``variants``.
+    """
+    missing = {v.name for v in policy.values()} - {v.name for v in variants}
+    if missing:
+        raise ValueError(f"the policy names variants that are not built: {sorted(missing)}")
     by_arch: dict[int, dict[str, Image]] = {}
     for img in images:
         by_arch.setdefault(img.arch, {})[img.variant] = img
     sets = [(a, False) for a in sorted(archs)] + [(a, True) for a in sorted(ptx_archs)]
     set_names = [image_set_name(a, is_ptx) for a, is_ptx in sets]
     sources = {
-        HEADER: _header(header_comment, len(variants), n_hidden, len(sets)),
-        TABLES_SOURCE: _tables_source(header_comment, variants, set_names),
+        HEADER: _header(header_comment, len(variants), len(policy), n_hidden, len(sets)),
+        TABLES_SOURCE: _tables_source(header_comment, variants, policy, set_names),
     }
     for arch, is_ptx in sets:
         sources[images_source_name(arch, is_ptx)] = _images_source(

@@ -34,7 +34,7 @@ COMPILE_ENV = {"TRITON_DISABLE_LINE_INFO": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
 
 
 def _signature(variant: Variant) -> tuple[dict[str, str], dict[tuple[int, ...], list[list[object]]]]:
-    from edge_biformer.kernels.bra_triton import ALIGNED_PARAMS, RUNTIME_PARAMS
+    from edge_biformer.kernels.bra_triton import ALIGNED_PARAMS, CONSTEXPR_PARAMS, RUNTIME_PARAMS
 
     elem = "*fp16" if variant.dtype == "fp16" else "*fp32"
     sig: dict[str, str] = {}
@@ -45,6 +45,10 @@ def _signature(variant: Variant) -> tuple[dict[str, str], dict[tuple[int, ...], 
             attrs[(i,)] = [["tt.divisibility", 16]]
     for name in variant.constexprs:
         sig[name] = "constexpr"
+    if list(variant.constexprs) != list(CONSTEXPR_PARAMS):
+        raise AotError(
+            f"variant constexprs {list(variant.constexprs)} differ from the kernel's {CONSTEXPR_PARAMS}"
+        )
     return sig, attrs
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from edge_biformer.kernels.config import MAX_GRID, MAX_HEAD_DIM, MAX_IMAGE_OFFSET, Variant, is_aligned
 from edge_biformer.kernels.config import select_variant as _select_variant
 
+#: Most routed keys per query the kernel's 31-bit key counter allows (room for one tile past the end).
+MAX_KEYS = 2**31 - 1 - 256
 #: log2(e) in float32, as the C launcher multiplies it.
 LOG2E_F32 = np.float32(1.4426950408889634)
 
@@ -84,8 +86,22 @@ class LaunchPlan:
     d_v: int
     num_heads: int
     topk: int
-    n_mtiles: int
+    n_mtiles: int  # query tiles per region
+    n_groups: int  # head groups (``ceil(num_heads / heads_per_tile)``)
     qk_scale: float  # scale * log2(e), rounded to float32
+
+    @property
+    def divisors(self) -> tuple[int, ...]:
+        """The kernel's run-time divisors, in the order of ``bra_triton.DIVISORS``."""
+        return (
+            self.n_groups,
+            self.n_mtiles,
+            self.n_win * self.n_win,
+            self.n_win,
+            self.wq,
+            self.hk * self.wk,
+            self.wk,
+        )
 
     def scalar_args(self) -> tuple[int | float, ...]:
         """The kernel arguments after the five pointers, in ``RUNTIME_PARAMS`` order."""
@@ -101,8 +117,34 @@ class LaunchPlan:
             self.num_heads,
             self.topk,
             self.n_mtiles,
+            self.n_groups,
             self.qk_scale,
+            *(_int32_bits(x) for d in self.divisors for x in magic(d)),
         )
+
+    def loop_trips(self) -> tuple[int, ...]:
+        """Trip counts of the kernel's loops by nesting depth: the routed key loop."""
+        return (-(-(self.topk * self.hk * self.wk) // self.variant.block_n),)
+
+
+def _int32_bits(x: int) -> int:
+    """The int32 with the bits of the uint32 ``x`` (how Triton takes a 32-bit unsigned argument)."""
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+def magic(d: int) -> tuple[int, int]:
+    """Multiplier and shift that divide by ``d`` (``1 <= d < 2**31``) without a division.
+
+    For every ``0 <= n < 2**31``: ``n // d == (umulhi(n, m) + n) >> s`` with ``umulhi`` the high 32
+    bits of the 64-bit product (the kernel's ``_udivmod``; ``eb_bra_magic`` in C computes the same).
+    ``s = ceil(log2(d))`` and ``m = floor(2**(32 + s) / d) + 1 - 2**32`` (in ``[1, 2**32)``): the
+    round-up method, exact because ``m * d - 2**(32 + s) <= d <= 2**s`` and ``n < 2**31`` keeps the
+    sum below ``2**32``.
+    """
+    if not 1 <= d < 2**31:
+        raise ValueError(f"divisor {d} outside [1, 2**31)")
+    s = (d - 1).bit_length()
+    return (1 << (32 + s)) // d + 1 - (1 << 32), s
 
 
 def dense_strides(h: int, w: int, c: int) -> tuple[int, int, int]:
@@ -116,11 +158,14 @@ def plan_launch(
     scale: float,
     strides: tuple[int, ...] | None = None,
     pointers: tuple[int, ...] = (0, 0, 0, 0),
+    variant: Variant | None = None,
 ) -> LaunchPlan:
     """Grid, arguments and variant for one call.
 
     ``strides`` are the 12 (image, row, token) element strides of q, k, v and o (dense NHWC if
     ``None``); ``pointers`` the byte addresses of q, k, v and o (only their alignment matters).
+    ``variant`` replaces the tile policy's choice (the tile sweep of ``scripts/bench_kernel.py``);
+    it must hold the head dims, and be ``aligned`` only for a call that allows it.
     Raises :class:`ContractError` or :class:`UnsupportedError`.
     """
     check_geometry(g)
@@ -156,10 +201,24 @@ def plan_launch(
     if any(st < 0 or st > MAX_IMAGE_OFFSET for st in strides):
         raise UnsupportedError(f"strides must lie in [0, 2**31), got {strides}")
     hq, wq, hk, wk = g.hq // s, g.wq // s, g.hk // s, g.wk // s
-    variant = _select_variant(dtype, hq * wq, d_qk, d_v, is_aligned(d_qk, d_v, strides, list(pointers)))
-    assert variant is not None  # head dims were checked above
-    n_mtiles = -(-(hq * wq) // variant.block_m)
-    grid = g.batch * s * s * n_mtiles * g.num_heads
+    if g.topk * hk * wk > MAX_KEYS:
+        raise UnsupportedError(
+            f"{g.topk} routed regions of {hk}x{wk} tokens are {g.topk * hk * wk} keys per query; the kernel "
+            f"counts keys in 31 bits (at most {MAX_KEYS})"
+        )
+    aligned = is_aligned(d_qk, d_v, strides, list(pointers))
+    if variant is None:
+        variant = _select_variant(dtype, hq * wq, d_qk, d_v, aligned)
+        assert variant is not None  # head dims were checked above
+    elif variant.dtype != dtype or variant.block_d < max(d_qk, d_v) or (variant.aligned and not aligned):
+        raise UnsupportedError(
+            f"variant {variant.name} cannot serve this {dtype} call (head dims {d_qk}, {d_v})"
+        )
+    elif variant.aligned and variant.block_d != d_qk:
+        raise UnsupportedError(f"aligned variant {variant.name} needs head dims of {variant.block_d}")
+    n_mtiles = -(-(hq * wq) // variant.rows_per_head)
+    n_groups = -(-g.num_heads // variant.heads_per_tile)
+    grid = g.batch * s * s * n_mtiles * n_groups
     if grid > MAX_GRID:
         raise UnsupportedError(
             f"the launch needs {grid} programs, more than CUDA's 2**31 - 1; split the batch"
@@ -179,5 +238,6 @@ def plan_launch(
         num_heads=g.num_heads,
         topk=g.topk,
         n_mtiles=n_mtiles,
+        n_groups=n_groups,
         qk_scale=qk_scale,
     )

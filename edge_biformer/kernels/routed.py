@@ -10,12 +10,18 @@ or not ``TRITON_INTERPRET`` is set, and nothing here sets or changes that variab
 switch keeps its meaning: with ``TRITON_INTERPRET=1`` in the environment before ``triton`` is
 imported, ``triton.jit`` itself returns interpreted kernels and CUDA tensors are interpreted too
 (copied to the host and back by Triton).
+
+The values of ``r_idx`` are checked only where that costs no device-to-host synchronisation (CPU
+tensors), in the debug mode (``EDGE_BIFORMER_VALIDATE_INDICES=1``) or when asked
+(``validate_indices=True``): the CUDA fast path never synchronises and can be captured into a CUDA
+graph. Unchecked out-of-range values are clamped by the kernel (never a memory fault).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any
@@ -33,7 +39,11 @@ from edge_biformer.kernels.launch import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["KernelInputError", "KernelUnavailableError", "routed_attention"]
+__all__ = ["VALIDATE_ENV", "KernelInputError", "KernelUnavailableError", "routed_attention"]
+
+#: Debug switch: with ``EDGE_BIFORMER_VALIDATE_INDICES=1`` the default ``validate_indices=None``
+#: also checks CUDA tensors (one device-to-host sync per call; not capturable into a CUDA graph).
+VALIDATE_ENV = "EDGE_BIFORMER_VALIDATE_INDICES"
 
 
 class KernelInputError(EdgeBiformerError, ValueError):
@@ -66,9 +76,7 @@ def _kernel(kind: str) -> Any:
                 _kernels[kind] = bra_triton.bra_fwd_kernel_jit
             else:
                 _check_interpreter_numpy()
-                from triton.runtime.interpreter import InterpretedFunction
-
-                _kernels[kind] = InterpretedFunction(bra_triton.bra_fwd_kernel)
+                _kernels[kind] = bra_triton.interpreted_kernel()
         return _kernels[kind]
 
 
@@ -198,7 +206,7 @@ def routed_attention(
     *,
     num_heads: int,
     scale: float,
-    validate_indices: bool = True,
+    validate_indices: bool | None = None,
 ) -> torch.Tensor:
     """``o = BiLevelRoutingAttention(q, k, v, r_idx)``, exactly the op contract of ``plugins/bra``.
 
@@ -210,9 +218,14 @@ def routed_attention(
             read from its shape. Repeated indices are attended as many times as they appear.
         num_heads: heads; ``Cqk`` and ``Cv`` are split head-major into ``num_heads`` heads.
         scale: logit scale (BiFormer: ``qk_dim ** -0.5`` of the whole block).
-        validate_indices: check that every ``r_idx`` value lies in ``[0, S*S)`` (one device-to-host
-            sync on CUDA). Without the check, out-of-range values are clamped inside the kernel:
-            never a memory fault, but not a meaningful result either.
+        validate_indices: check that every ``r_idx`` value lies in ``[0, S*S)`` and raise
+            :class:`KernelInputError` naming the range found. ``None`` (default): check where it
+            costs no device sync, i.e. CPU tensors, and on CUDA only in the debug mode
+            (environment ``EDGE_BIFORMER_VALIDATE_INDICES=1``); the CUDA fast path never
+            synchronises with the host and can be captured into a CUDA graph. ``True``: always
+            check (on CUDA one device-to-host sync per call; refused while a CUDA graph is being
+            captured). ``False``: never check. Unchecked out-of-range values are clamped into
+            ``[0, S*S)`` inside the kernel: never a memory fault, but not a meaningful result.
 
     Returns:
         ``[N, Hq, Wq, Cv]`` NHWC output in the dtype of ``q``; the only allocation of the call.
@@ -238,7 +251,13 @@ def routed_attention(
     o = torch.empty((g.batch, g.hq, g.wq, g.c_v), dtype=q.dtype, device=q.device)
     if g.batch == 0:
         return o
-    if validate_indices:
+    if _should_validate(validate_indices, q.device.type):
+        if q.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise _fail(
+                "checking the values of r_idx needs a device-to-host copy, which a CUDA graph "
+                f"capture cannot contain; pass validate_indices=False (or unset {VALIDATE_ENV}) while "
+                "capturing: the kernel clamps out-of-range indices."
+            )
         lo, hi = torch.stack(torch.aminmax(r_idx)).tolist()  # one device-to-host copy
         if lo < 0 or hi >= g.n_win**2:
             raise _fail(
@@ -248,6 +267,13 @@ def routed_attention(
     plan = plan_for(q, k, v, r_idx, o, num_heads=num_heads, scale=float(scale))
     _launch(plan, q, k, v, r_idx, o, interpret=q.device.type == "cpu")
     return o
+
+
+def _should_validate(validate_indices: bool | None, device_type: str) -> bool:
+    """Whether this call checks the values of ``r_idx`` (see ``routed_attention``'s docstring)."""
+    if validate_indices is not None:
+        return bool(validate_indices)
+    return device_type != "cuda" or os.environ.get(VALIDATE_ENV, "") not in ("", "0")
 
 
 def _launch(

@@ -154,8 +154,9 @@ function(eb_bra_kernels out_sources out_include_dirs)
     add_custom_command(
       OUTPUT ${_sources} "${_dir}/bra_kernels.h" "${_dir}/manifest.json"
       COMMAND ${_cmd}
-      DEPENDS "${_kdir}/bra_triton.py" "${_kdir}/config.py" "${_kdir}/aot.py" "${_kdir}/cgen.py"
-              "${_kdir}/image.py" ${EB_BRA_LAUNCHER_SOURCES} ${EB_BRA_LAUNCHER_HEADERS}
+      DEPENDS "${_kdir}/bra_triton.py" "${_kdir}/config.py" "${_kdir}/launch.py" "${_kdir}/aot.py"
+              "${_kdir}/compile.py" "${_kdir}/cgen.py" "${_kdir}/image.py"
+              ${EB_BRA_LAUNCHER_SOURCES} ${EB_BRA_LAUNCHER_HEADERS}
       COMMENT "AOT-compiling the routed-attention kernels for sm ${_archs}"
       VERBATIM)
   endif()

@@ -28,8 +28,19 @@ CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 needs_c_toolchain = pytest.mark.skipif(
     CUDA_INCLUDE is None or CC is None, reason="needs a C compiler and cuda.h (a CUDA toolkit)"
 )
-#: The kernel's parameters for the mock's recorder: 5 pointers, 22 int32, qk_scale, 2 hidden pointers.
-PARAM_LAYOUT = b"ppppp" + b"i" * 22 + b"f" + b"pp"
+
+
+def param_layout(n_hidden: int = 2) -> bytes:
+    """The kernel's parameters for the mock's recorder ('p' pointer, 'i' 32-bit int, 'f' float), from
+    ``bra_triton.RUNTIME_PARAMS`` and Triton's ``n_hidden`` hidden pointers."""
+    from edge_biformer.kernels.bra_triton import RUNTIME_PARAMS
+
+    codes = {"ptr": b"p", "*i32": b"p", "i32": b"i", "fp32": b"f"}
+    return b"".join(codes[ty] for _, ty in RUNTIME_PARAMS) + b"p" * n_hidden
+
+
+#: Triton 3.9's kernels take 2 hidden pointers (global and profile scratch).
+PARAM_LAYOUT = param_layout(2)
 CUDA_ERROR_INVALID_CONTEXT = 201
 CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222
 CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701

@@ -25,6 +25,7 @@ from edge_biformer.kernels.capi import ERR_UNSUPPORTED, SUCCESS
 from edge_biformer.kernels.compile import elf_function_symbols
 from edge_biformer.kernels.config import all_variants
 from edge_biformer.kernels.launch import Geometry, plan_launch
+from edge_biformer.kernels.shapes import stage_shapes
 from tests.kernels.launcher_mock import (
     CUDA_INCLUDE,
     CXX,
@@ -52,6 +53,7 @@ def _launcher_sources(gen: Path) -> list[str]:
 
 
 AOT_ARCHS = (87, 90)
+BIFORMER_T = stage_shapes(["cls224"], ["T/S"])
 #: Shared memory per block with the opt-in, by arch (CUDA programming guide, compute capabilities).
 MAX_SHARED_OPTIN = {75: 65536, 80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 AOT_SUBSET = ("--dtype", "fp16", "fp32", "--head-dim", "32")
@@ -83,6 +85,8 @@ def _check_artifacts(out: Path, n_variants: int) -> dict:
     assert manifest["targets"] == {"87": "sm_87", "90": "sm_90a"}
     assert manifest["ptx_archs"] == [87]
     assert len(manifest["variants"]) == n_variants
+    names = {v["name"] for v in manifest["variants"]}
+    assert {p["variant"] for p in manifest["policy"]} == names  # every built variant serves the policy
     assert manifest["sources"] == [
         "bra_kernels.c",
         "bra_images_sm87.c",
@@ -90,7 +94,7 @@ def _check_artifacts(out: Path, n_variants: int) -> dict:
         "bra_images_ptx87.c",
     ]
     assert manifest["static_sources"] == ["plugins/bra/kernels/bra_launch.c"]
-    assert manifest["header"] == "bra_kernels.h" and manifest["tables_format"] == 2
+    assert manifest["header"] == "bra_kernels.h" and manifest["tables_format"] == 3
     assert all((out / s).is_file() for s in [*manifest["sources"], "bra_kernels.h"])
     assert not (out / "bra_launch.c").exists()  # the launcher is not generated
     digests = manifest["sources_sha256"]
@@ -113,10 +117,15 @@ def _check_artifacts(out: Path, n_variants: int) -> dict:
     return manifest
 
 
+def _subset_variants() -> list[str]:
+    return [v.name for v in all_variants(("fp16", "fp32"), (32,))]
+
+
 def test_aot_artifacts(aot_dir: Path) -> None:
-    manifest = _check_artifacts(aot_dir, n_variants=6)
+    manifest = _check_artifacts(aot_dir, n_variants=len(_subset_variants()))
     names = {v["name"] for v in manifest["variants"]}
-    assert {"fp16_a16_d32_m64_n64_w4", "fp16_a16_d32_m16_n64_w4", "fp32_gen_d32_m64_n32_w8"} <= names
+    stages = [plan_launch(sh.geometry(1), "fp16", 0.1, pointers=(256,) * 4).variant.name for sh in BIFORMER_T]
+    assert set(stages) <= names and len(set(stages)) == 3  # one variant per BiFormer-T stage
     assert [p["name"] for p in manifest["params"]][-2:] == ["hidden0", "hidden1"]
 
 
@@ -130,7 +139,7 @@ def test_aot_sources_compile_and_launch_through_mock(aot_dir: Path, tmp_path: Pa
     launcher = build_mock_launcher(aot_dir, tmp_path / "libaot.so")
     manifest = json.loads((aot_dir / "manifest.json").read_text())
     shared = {(i["arch"], i["variant"]): i["shared"] for i in manifest["images"]}
-    g = Geometry(2, 56, 56, 56, 56, 64, 64, 7, 2, 1)  # BiFormer-T stage 0
+    g = BIFORMER_T[0].geometry(2)  # BiFormer-T stage 1
     for cc, arch in (((8, 7), 87), ((9, 0), 90), ((8, 9), 87)):
         status, module = load_on(launcher, *cc)
         assert status == SUCCESS and launcher.module_arch(module) == (arch, False)

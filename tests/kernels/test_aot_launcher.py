@@ -29,7 +29,7 @@ from edge_biformer.kernels.capi import (
     SUCCESS,
     Launcher,
 )
-from edge_biformer.kernels.config import all_variants
+from edge_biformer.kernels.config import all_variants, policy
 from edge_biformer.kernels.image import Image
 from edge_biformer.kernels.launch import ContractError, Geometry, UnsupportedError, plan_launch
 from tests.kernels.launcher_mock import (
@@ -60,14 +60,16 @@ from tests.kernels.launcher_mock import (
 
 FAKE_ARCHS = (75, 80, 87, 90, 100)
 FAKE_PTX = (87,)
-BIG_SHARED = 60000  # one variant of the sm_80 set needs > 48 KB of shared memory
+BIG_SHARED = 60000  # one variant of the sm_80 set needs > 48 KB of shared memory: the one serving
+BIG_GEOMETRY = Geometry(1, 8, 8, 8, 8, 16, 16, 1, 1, 1)  # with unaligned pointers
+BIG_VARIANT = plan_launch(BIG_GEOMETRY, "fp16", 1.0, pointers=(2, 0, 0, 0)).variant.name
 
 
 def _fake_images() -> list[Image]:
     images = []
     for arch in FAKE_ARCHS:
         for i, v in enumerate(all_variants()):
-            shared = BIG_SHARED if (arch == 80 and i == 0) else 1000 * (i + 1) + arch
+            shared = BIG_SHARED if (arch == 80 and v.name == BIG_VARIANT) else 1000 * (i + 1) + arch
             images.append(
                 Image(
                     variant=v.name,
@@ -88,6 +90,7 @@ def _write_generated(out: Path, images: list[Image], archs, ptx_archs) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sources = cgen.generate(
         variants=all_variants(),
+        policy=policy(),
         images=images,
         archs=archs,
         ptx_archs=ptx_archs,
@@ -299,11 +302,17 @@ def test_launch_arguments_match_the_python_plan(fake, pointers: tuple[int, ...])
             assert rec.shared == 1000 * (index + 1) + 87
             assert rec.stream == stream
             args = list(rec.params[: rec.n_params])
-            ints = [x & 0xFFFFFFFF for x in plan.scalar_args()[:-1]]
-            scale_bits = struct.unpack("<I", struct.pack("<f", plan.qk_scale))[0]
-            assert args == [*pointers, *ints, scale_bits, 0, 0], (g, dtype)
+            assert args == [*pointers, *_bits(plan.scalar_args()), 0, 0], (g, dtype)
     finally:
         launcher.unload(module)
+
+
+def _bits(values: tuple[int | float, ...]) -> list[int]:
+    """The raw 32-bit words of the kernel's scalar arguments (floats as their IEEE bits)."""
+    return [
+        struct.unpack("<I", struct.pack("<f", x))[0] if isinstance(x, float) else x & 0xFFFFFFFF
+        for x in values
+    ]
 
 
 def test_launch_edge_cases(fake) -> None:
@@ -330,10 +339,8 @@ def test_variants_above_48k_shared_memory(fake) -> None:
     """A variant needing > 48 KB gets the opt-in attribute, or stays unusable where the GPU lacks it."""
     _, launcher = fake
     lib = launcher.lib
-    v0 = all_variants()[0]  # the variant whose sm_80 image needs BIG_SHARED
-    assert (v0.dtype, v0.aligned, v0.block_d, v0.region) == ("fp16", False, 16, "large")
-    small_fp16_d16 = launch_params(launcher, Geometry(1, 8, 8, 8, 8, 16, 16, 1, 1, 1), "fp16", 1.0)
-    assert launcher.select_variant(small_fp16_d16, False) == v0.name
+    small_fp16_d16 = launch_params(launcher, BIG_GEOMETRY, "fp16", 1.0)
+    assert launcher.select_variant(small_fp16_d16, False) == BIG_VARIANT
     status, module = load_on(launcher, 8, 0, optin=166912)
     assert status == SUCCESS and lib.mock_cuda_set_shared_count() == 1
     assert launcher.launch(module, 0, small_fp16_d16, (2, 512, 768, 1024, 1280)) == SUCCESS

@@ -216,6 +216,33 @@ def test_contract_violations_raise_clear_errors(mutate, message: str) -> None:
     assert "\n" not in str(info.value) and str(info.value).startswith("routed_attention:")
 
 
+def test_index_validation_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU calls check by default (no device sync to pay); CUDA calls only when asked or in the debug
+    mode; ``False`` never checks."""
+    from edge_biformer.kernels.routed import VALIDATE_ENV, _should_validate
+
+    monkeypatch.delenv(VALIDATE_ENV, raising=False)
+    assert _should_validate(None, "cpu") and not _should_validate(None, "cuda")
+    assert _should_validate(True, "cuda") and not _should_validate(False, "cpu")
+    monkeypatch.setenv(VALIDATE_ENV, "1")
+    assert _should_validate(None, "cuda") and not _should_validate(False, "cuda")
+    monkeypatch.setenv(VALIDATE_ENV, "0")
+    assert not _should_validate(None, "cuda")
+
+
+def test_unvalidated_out_of_range_indices_are_clamped() -> None:
+    """Without the check the kernel clamps every index into [0, S*S): a defined result, no fault."""
+    q, k, v, r = _inputs(n=1, s=2, rq=(2, 2), rk=(2, 2), c_qk=32, c_v=32, topk=3, dtype=torch.float32)
+    wild = r.clone()
+    wild[0, :, 0] = 2**30
+    wild[0, :, 1] = -(2**30)
+    o = routed_attention(q, k, v, wild, num_heads=2, scale=0.3, validate_indices=False)
+    ref = routed_attention_reference(q, k, v, wild.clamp(0, 3), num_heads=2, scale=0.3)
+    assert_close_to_contract(o, ref, torch.float32)
+    with pytest.raises(KernelInputError, match=r"holds values in \[-1073741824, 1073741824\]"):
+        routed_attention(q, k, v, wild, num_heads=2, scale=0.3)  # CPU default: checked
+
+
 def test_heads_and_head_dim_limits() -> None:
     q, k, v, r = _ok()
     with pytest.raises(KernelInputError, match="multiple of num_heads"):

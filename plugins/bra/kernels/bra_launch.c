@@ -23,8 +23,11 @@
 #define EB_BRA_LOG2E 1.44269504088896340736f
 
 /* The kernel's run-time arguments (edge_biformer/kernels/bra_triton.py, RUNTIME_PARAMS), in the order
- * eb_bra_launch passes them: 5 pointers, 12 strides, 10 shape ints and the scale. */
-EB_BRA_STATIC_ASSERT(EB_BRA_NUM_KERNEL_ARGS == 28, "the kernel's run-time arguments changed: update eb_bra_launch");
+ * eb_bra_launch passes them: 5 pointers, 12 strides, 11 shape ints, the scale and a multiplier and a
+ * shift for each of the EB_BRA_NUM_DIVISORS run-time divisors. */
+#define EB_BRA_NUM_DIVISORS 7
+EB_BRA_STATIC_ASSERT(EB_BRA_NUM_KERNEL_ARGS == 29 + 2 * EB_BRA_NUM_DIVISORS,
+                     "the kernel's run-time arguments changed: update eb_bra_launch");
 
 struct eb_bra_module {
     const eb_bra_image_set_t* set;
@@ -70,8 +73,19 @@ typedef struct eb_bra_plan {
     int variant;
     unsigned int grid;
     int32_t hq, wq, hk, wk; /* region sizes in tokens */
-    int32_t d_qk, d_v, n_mtiles;
+    int32_t d_qk, d_v, n_mtiles, n_groups;
 } eb_bra_plan_t;
+
+/* Multiplier and shift of a division by d (1 <= d < 2**31) for dividends 0 <= n < 2**31: the kernel
+ * computes n / d as (umulhi(n, m) + n) >> s (edge_biformer.kernels.launch.magic, the same numbers). */
+static void eb_bra_magic(int64_t d, uint32_t* m, uint32_t* s) {
+    uint32_t shift = 0;
+    while (((int64_t)1 << shift) < d) {
+        ++shift;
+    }
+    *s = shift;
+    *m = (uint32_t)((((uint64_t)1 << (32u + shift)) / (uint64_t)d) + 1u - ((uint64_t)1 << 32));
+}
 
 static int eb_bra_head_bucket(int32_t d) {
     for (int i = 0; i < EB_BRA_NUM_HEAD_BUCKETS; ++i) {
@@ -91,18 +105,20 @@ static int eb_bra_region_class(int64_t tokens) {
     return EB_BRA_NUM_REGION_CLASSES - 1;
 }
 
-/* The built variant with the smallest head-dim bucket that holds d (a partial AOT build may lack
- * the bucket of d itself; a larger one masks the extra channels). */
-static int eb_bra_find_variant(int dtype, int aligned, int32_t d, int region) {
+/* The variant of the policy row with the smallest head-dim bucket that holds d (a partial AOT build
+ * may lack the bucket of d itself; a larger one masks the extra channels), or -1. `exact` (the
+ * aligned variants, compiled for head dims equal to their bucket) admits only the bucket d itself. */
+static int eb_bra_find_variant(int dtype, int aligned, int32_t d, int region, int exact) {
     int best = -1;
-    for (int i = 0; i < EB_BRA_NUM_VARIANTS; ++i) {
-        const eb_bra_variant_t* v = &eb_bra_variants[i];
-        if (v->dtype == dtype && v->aligned == aligned && v->region == region && v->block_d >= d &&
-            (best < 0 || v->block_d < eb_bra_variants[best].block_d)) {
+    for (int i = 0; i < EB_BRA_NUM_POLICY; ++i) {
+        const eb_bra_policy_t* p = &eb_bra_policy[i];
+        if (p->dtype == dtype && p->aligned == aligned && p->region == region &&
+            (exact ? p->block_d == d : p->block_d >= d) &&
+            (best < 0 || p->block_d < eb_bra_policy[best].block_d)) {
             best = i;
         }
     }
-    return best;
+    return best < 0 ? -1 : eb_bra_policy[best].variant;
 }
 
 /* One dense NHWC map: its image must be addressable with 32-bit offsets (and strides). */
@@ -146,17 +162,30 @@ static eb_bra_status_t eb_bra_make_plan(const eb_bra_params_t* p, int aligned, e
     }
     const int32_t hq = p->hq / s, wq = p->wq / s, hk = p->hk / s, wk = p->wk / s;
     const int64_t tq = (int64_t)hq * (int64_t)wq;
-    aligned = aligned && eb_bra_dtype_has_aligned[p->dtype] && d_qk % EB_BRA_ALIGN_ELEMS == 0 &&
-              d_v % EB_BRA_ALIGN_ELEMS == 0 && p->c_qk % EB_BRA_ALIGN_ELEMS == 0 &&
-              p->c_v % EB_BRA_ALIGN_ELEMS == 0;
-    const int variant = eb_bra_find_variant((int)p->dtype, aligned ? 1 : 0, d_max, eb_bra_region_class(tq));
+    if ((int64_t)p->topk * (int64_t)hk * (int64_t)wk > EB_BRA_MAX_KEYS) {
+        return EB_BRA_ERR_UNSUPPORTED;
+    }
+    /* Aligned variants: 16-byte pointers (the caller's `aligned`), head dims equal to their bucket
+     * (multiples of EB_BRA_ALIGN_ELEMS, hence so are the channel counts and the dense strides). */
+    const int bucket = eb_bra_head_bucket(d_max);
+    const int region = eb_bra_region_class(tq);
+    int variant = -1;
+    if (aligned && eb_bra_dtype_has_aligned[p->dtype] && d_qk == bucket && d_v == bucket &&
+        bucket % EB_BRA_ALIGN_ELEMS == 0) {
+        variant = eb_bra_find_variant((int)p->dtype, 1, d_max, region, 1);
+    }
+    if (variant < 0) {
+        variant = eb_bra_find_variant((int)p->dtype, 0, d_max, region, 0);
+    }
     if (variant < 0) {
         return EB_BRA_ERR_UNSUPPORTED;
     }
-    const int block_m = eb_bra_variants[variant].block_m;
-    const int64_t n_mtiles = (tq + block_m - 1) / block_m;
-    /* s*s*n_mtiles <= Hq*Wq < 2**31 and num_heads < 2**31: no int64 overflow below. */
-    const int64_t per_image = (int64_t)s * (int64_t)s * n_mtiles * (int64_t)p->num_heads;
+    const eb_bra_variant_t* v = &eb_bra_variants[variant];
+    const int64_t rows = v->block_m / v->heads_per_tile; /* query tokens of one head per tile */
+    const int64_t n_mtiles = (tq + rows - 1) / rows;
+    const int64_t n_groups = ((int64_t)p->num_heads + v->heads_per_tile - 1) / v->heads_per_tile;
+    /* s*s*n_mtiles <= Hq*Wq < 2**31 and n_groups < 2**31: no int64 overflow below. */
+    const int64_t per_image = (int64_t)s * (int64_t)s * n_mtiles * n_groups;
     int64_t grid = 0;
     if (p->batch > 0) {
         if (per_image > EB_BRA_MAX_GRID || per_image * (int64_t)p->batch > EB_BRA_MAX_GRID) {
@@ -174,6 +203,7 @@ static eb_bra_status_t eb_bra_make_plan(const eb_bra_params_t* p, int aligned, e
         plan->d_qk = d_qk;
         plan->d_v = d_v;
         plan->n_mtiles = (int32_t)n_mtiles;
+        plan->n_groups = (int32_t)n_groups;
     }
     return EB_BRA_SUCCESS;
 }
@@ -365,13 +395,24 @@ eb_bra_status_t eb_bra_launch(eb_bra_module_t module, CUstream stream, const eb_
     int32_t stride_ow = params->c_v;
     int32_t n_win = params->n_win, hq = plan.hq, wq = plan.wq, hk = plan.hk, wk = plan.wk;
     int32_t d_qk = plan.d_qk, d_v = plan.d_v, num_heads = params->num_heads, topk = params->topk;
-    int32_t n_mtiles = plan.n_mtiles;
+    int32_t n_mtiles = plan.n_mtiles, n_groups = plan.n_groups;
     float qk_scale = params->scale * EB_BRA_LOG2E;
+    /* The divisors in the order of bra_triton.DIVISORS: head groups, query tiles, regions per image,
+     * n_win, query region width, key tokens per region, key region width. */
+    const int64_t divisors[EB_BRA_NUM_DIVISORS] = {n_groups, n_mtiles, (int64_t)n_win * n_win, n_win, wq,
+                                                   (int64_t)hk * wk, wk};
+    uint32_t magic[2 * EB_BRA_NUM_DIVISORS];
+    for (int i = 0; i < EB_BRA_NUM_DIVISORS; ++i) {
+        eb_bra_magic(divisors[i], &magic[2 * i], &magic[2 * i + 1]);
+    }
     void* args[EB_BRA_NUM_KERNEL_ARGS + EB_BRA_NUM_HIDDEN_ARGS] = {
         &q, &k, &v, &r_idx, &o,
         &stride_qn, &stride_qh, &stride_qw, &stride_kn, &stride_kh, &stride_kw,
         &stride_vn, &stride_vh, &stride_vw, &stride_on, &stride_oh, &stride_ow,
-        &n_win, &hq, &wq, &hk, &wk, &d_qk, &d_v, &num_heads, &topk, &n_mtiles, &qk_scale};
+        &n_win, &hq, &wq, &hk, &wk, &d_qk, &d_v, &num_heads, &topk, &n_mtiles, &n_groups, &qk_scale};
+    for (int i = 0; i < 2 * EB_BRA_NUM_DIVISORS; ++i) {
+        args[29 + i] = &magic[i];
+    }
 #if EB_BRA_NUM_HIDDEN_ARGS > 0
     /* Triton's hidden pointer arguments (global/profile scratch): null, the variants need no scratch. */
     CUdeviceptr hidden[EB_BRA_NUM_HIDDEN_ARGS] = {0};
