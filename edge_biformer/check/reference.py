@@ -34,6 +34,7 @@ __all__ = [
     "find_reference",
     "keep_previous",
     "model_from_manifest",
+    "plain_export",
     "require_finite_reference",
 ]
 
@@ -111,7 +112,7 @@ def _is_plain_export(record: Any, path: Path) -> bool:
     return graph_kind(path) == "plain" and graph_precision(path) == "fp32"
 
 
-def _plain_export(manifest: dict[str, Any], outdir: Path) -> str | None:
+def plain_export(manifest: dict[str, Any], outdir: Path) -> str | None:
     """The FP32 export of this build: its own ``model.onnx``, or the export in the source chain.
 
     A source whose bytes changed since the chain recorded them is not the same model any more.
@@ -121,7 +122,7 @@ def _plain_export(manifest: dict[str, Any], outdir: Path) -> str | None:
         return path_of(outdir, own)
     for record in sources(manifest):
         path = source_path(record)
-        if path is None or sha256_file(path) != record.get("sha256"):
+        if path is None or not Path(path).is_file() or sha256_file(path) != record.get("sha256"):
             continue
         if _is_plain_export(record, path):
             return str(path)
@@ -142,7 +143,7 @@ def find_reference(manifest: dict[str, Any], outdir: Path, model: Any = None) ->
         why = str(err)
     else:
         return _pytorch(rebuilt, f"FP32 PyTorch ({manifest['model']}, {manifest['weights']})")
-    export = _plain_export(manifest, Path(outdir))
+    export = plain_export(manifest, Path(outdir))
     if export is not None:
         return _onnxruntime(export)
     raise NoReferenceError(

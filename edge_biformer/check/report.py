@@ -44,6 +44,15 @@ class TargetResult:
     notes: list[str] = field(default_factory=list)
     command: str = ""
     seconds: float = 0.0
+    #: Per BRA block, the routing against FP32 (:class:`edge_biformer.check.routing.BlockRouting`
+    #: records, worst first); ``None`` with ``routing_note`` saying why it was not measured.
+    routing: list[dict[str, Any]] | None = None
+    routing_note: str = ""
+
+    @property
+    def worst_routing(self) -> dict[str, Any] | None:
+        """The block with the lowest routing agreement, if routing was measured."""
+        return min(self.routing, key=lambda b: b["agreement"]) if self.routing else None
 
 
 @dataclass
@@ -91,6 +100,60 @@ def summary_line(c: TargetResult) -> str:
         f"max abs {c.max_abs_diff:.3g}  mean abs {c.mean_abs_diff:.3g}  cos min {c.min_cosine:.5f}  "
         f"top-1 agree {c.top1_agreement:.2%}  top-5 agree {c.top5_agreement:.2%}{acc}  {verdict}"
     )
+
+
+def routing_line(c: TargetResult) -> str | None:
+    """``routing: worst block ... 97.48 % identical (29/1152 flipped)``, or why not measured."""
+    worst = c.worst_routing
+    if worst is None:
+        return f"routing: not measured ({c.routing_note})" if c.routing_note else None
+    return (
+        f"routing: worst of {len(c.routing or [])} blocks {worst['block']}: {worst['agreement']:.2%} of "
+        f"query regions route as FP32 ({worst['flipped']}/{worst['pairs']} flipped, mean overlap "
+        f"{worst['mean_overlap']:.2%})"
+    )
+
+
+def _margin(stats: dict[str, float], key: str) -> str:
+    return f"{stats[key]:.3g}" if stats else ""
+
+
+def _routing_section(report: CheckReport) -> list[str]:
+    """``## Routing``: per artifact and BRA block, the top-k routing against FP32, worst block first."""
+    measured = [c for c in report.comparisons if c.routing]
+    notes = [c for c in report.comparisons if not c.routing and c.routing_note]
+    if not measured and not notes:
+        return []
+    policy = report.reference.get("precision_policy") or {}
+    lines = [
+        "",
+        "## Routing",
+        "",
+        "Per BRA block: the share of (image, query region) pairs whose top-k region **set** equals FP32's "
+        "(order inside a set does not matter), the mean overlap |A & B| / k, and the FP32 routing margin "
+        "(k-th minus (k+1)-th routing logit) of the pairs that flipped (median) and of those that did not "
+        "(10th percentile). The reference routing is the FP32 export in onnxruntime.",
+    ]
+    if policy:
+        lines += ["", "Precision policy: " + ", ".join(f"{k} {v}" for k, v in policy.items()) + "."]
+    for c in measured:
+        lines += [
+            "",
+            f"**{c.name}**",
+            "",
+            "| block | regions | topk | identical | mean overlap | flipped | margin flipped (median) "
+            "| margin kept (p10) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for b in sorted(c.routing or [], key=lambda b: b["agreement"]):
+            lines.append(
+                f"| {b['block']} | {b['regions']} | {b['topk']} | {b['agreement']:.2%} | "
+                f"{b['mean_overlap']:.2%} | {b['flipped']}/{b['pairs']} | "
+                f"{_margin(b['margin_flipped'], 'median')} | {_margin(b['margin_kept'], 'p10')} |"
+            )
+    if notes:
+        lines += [""] + [f"- **{c.name}**: routing not measured: {c.routing_note}" for c in notes]
+    return lines
 
 
 def _warnings(ref: dict[str, Any]) -> list[str]:
@@ -161,6 +224,7 @@ def render_markdown(report: CheckReport) -> str:
     if noted:
         lines += ["", "## Notes", ""]
         lines += [f"- **{c.name}**: " + "; ".join(c.notes) for c in noted]
+    lines += _routing_section(report)
     skipped = [c for c in report.comparisons if c.status == "skipped"]
     if skipped:
         lines += ["", "## Not run here", ""]

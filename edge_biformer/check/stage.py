@@ -40,8 +40,14 @@ from edge_biformer.check.polygraphy_io import (
     save_polygraphy_inputs,
     save_polygraphy_outputs,
 )
-from edge_biformer.check.reference import Reference, find_reference, keep_previous, require_finite_reference
-from edge_biformer.check.report import CheckReport, TargetResult, summary_line, write_report
+from edge_biformer.check.reference import (
+    Reference,
+    find_reference,
+    keep_previous,
+    plain_export,
+    require_finite_reference,
+)
+from edge_biformer.check.report import CheckReport, TargetResult, routing_line, summary_line, write_report
 from edge_biformer.check.runners import Skip, Target, path_of, run_target
 from edge_biformer.check.tolerances import TOLERANCES
 from edge_biformer.engine.options import BatchProfile
@@ -68,6 +74,8 @@ class CheckOptions:
     without it the inputs and reference saved by the build are reused (``recompute`` recomputes the
     reference from the model the manifest names), or, for a new build, seeded noise is used.
     ``model``: the FP32 PyTorch model, when the caller has it at hand.
+    ``min_routing_agreement``: fail an artifact whose worst BRA block routes fewer query regions
+    than this fraction as FP32 does (default: report it, and warn below 99 %).
     """
 
     outdir: Path
@@ -75,6 +83,7 @@ class CheckOptions:
     num: int = 64
     recompute: bool = False
     model: Any = None
+    min_routing_agreement: float | None = None
 
 
 def read_build_manifest(outdir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -218,11 +227,16 @@ def compare_targets(
     description: str = "FP32 PyTorch",
     calibration: dict[str, Any] | None = None,
     judge_decisions: bool = True,
+    routing_reference: str | None = None,
+    min_routing_agreement: float | None = None,
+    precision_policy: dict[str, Any] | None = None,
 ) -> CheckReport:
     """Polygraphy JSON files, every comparison, ``report.json`` and ``report.md``.
 
     ``runner`` names the reference in Polygraphy's results, ``description`` in the report;
-    ``calibration`` is the build's calibration summary (the report warns about the demo set).
+    ``calibration`` is the build's calibration summary (the report warns about the demo set);
+    ``routing_reference`` the FP32 export whose routing each ONNX artifact's is compared with
+    (:mod:`edge_biformer.check.routing`; ``None``: routing not measured).
     """
     outdir = Path(outdir)
     check_dir = outdir / "check"
@@ -245,9 +259,11 @@ def compare_targets(
         "data": data_summary or {},
         "calibration": calibration,
         "random_weights": not judge_decisions,
+        "precision_policy": precision_policy,
         "outdir": str(outdir),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    routing = _RoutingCheck(routing_reference, batches, min_routing_agreement)
     results = []
     for target in targets:
         t0 = time.perf_counter()
@@ -274,6 +290,7 @@ def compare_targets(
             reference_json=reference_json,
             judge_decisions=judge_decisions,
         )
+        warning = routing.measure(target, result)
         result.seconds = round(time.perf_counter() - t0, 3)
         with contextlib.suppress(Exception):
             save_polygraphy_outputs(
@@ -281,9 +298,66 @@ def compare_targets(
             )
         results.append(result)
         log(f"check {target.name}: {summary_line(result)}")
+        line = routing_line(result)
+        if line:
+            log(f"check {target.name}: {line}")
+        if warning:
+            log(warning)
     report = CheckReport(reference=reference_info, comparisons=results)
     write_report(report, outdir)
     return report
+
+
+class _RoutingCheck:
+    """The routing of each ONNX artifact against the FP32 export's, on the check batches."""
+
+    def __init__(self, reference: str | None, batches: Sequence[np.ndarray], minimum: float | None) -> None:
+        from edge_biformer.check.routing import run_routing
+
+        self.batches, self.minimum, self.reference_path = batches, minimum, reference
+        self.reference: dict[str, Any] = {}
+        self.why = "no FP32 export to take the reference routing from"
+        if reference is not None:
+            self.reference = run_routing(load_model(reference, check=False), batches, with_logits=True)
+            self.why = "" if self.reference else "the FP32 export has no BRA block"
+
+    def measure(self, target: Target, result: TargetResult) -> str | None:
+        """Fill ``result.routing`` (or ``routing_note``); fail on low agreement, or return a warning."""
+        from edge_biformer.check.routing import WARN_BELOW, compare_routing, run_routing
+
+        if target.kind == "tensorrt":
+            result.routing_note = (
+                "engines are not measured: that needs a check engine with the routing TopK indices "
+                "marked as outputs; the plugin graph's routing (cpu_session) is the closest measurement"
+            )
+            return None
+        if not self.reference:
+            result.routing_note = self.why
+            return None
+        if Path(target.path).resolve() == Path(str(self.reference_path)).resolve():
+            return None  # the routing reference itself
+        routed = run_routing(load_model(target.path, check=False), self.batches)
+        blocks = compare_routing(self.reference, routed)
+        if not blocks:
+            result.routing_note = "no BRA block of the FP32 export found in this graph"
+            return None
+        result.routing = [b.to_dict() for b in blocks]
+        worst = result.worst_routing
+        assert worst is not None
+        agreement = worst["agreement"]
+        if self.minimum is not None and agreement < self.minimum:
+            result.status = "fail"
+            result.failures.append(
+                f"routing of {worst['block']}: {agreement:.2%} of query regions route as FP32 < "
+                f"--min-routing-agreement {self.minimum:.2%}"
+            )
+        elif agreement < WARN_BELOW:
+            return (
+                f"WARNING: check {target.name}: routing of {worst['block']} matches FP32 for only "
+                f"{agreement:.2%} of query regions (< {WARN_BELOW:.0%}); see the Routing section of "
+                "report.md (--protect-routing inputs keeps it FP32-identical, docs/routing.md)"
+            )
+        return None
 
 
 def _unreadable(target: Target) -> str | None:
@@ -423,6 +497,9 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
         log(f"check: reference = {ref.description}")
         reference = ref.run(batches)
     require_finite_reference(ref, reference)
+    # The reference's own graph when it still exists (a saved reference may name a deleted one).
+    own = ref.path if ref.path is not None and Path(ref.path).is_file() else None
+    routing_reference = own or plain_export(manifest, outdir)
     if ref.path is not None:  # the FP32 export is the reference: comparing it with itself shows nothing
         targets = [t for t in targets if Path(t.path).resolve() != Path(ref.path).resolve()]
     with stage("accuracy check") as st:
@@ -430,6 +507,8 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
             targets, batches, reference, outdir, labels=labels, data_summary=summary, runner=ref.runner,
             description=ref.description, calibration=_calibration_of(manifest),
             judge_decisions=not manifest.get("random_weights"),
+            routing_reference=routing_reference, min_routing_agreement=options.min_routing_agreement,
+            precision_policy=_quantize_record(manifest).get("policy"),
         )  # fmt: skip
         st.output = outdir / "report.md"
         st.details.append("PASS" if report.passed else "FAIL")
@@ -448,15 +527,21 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     return report
 
 
+def _quantize_record(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The quantize stage's record of a build, or of the quantized graph it started from."""
+    own = (manifest.get("stages") or {}).get("quantize")
+    if own:
+        return own
+    for record in manifests.sources(manifest):
+        found = (record.get("manifest") or {}).get("quantize")
+        if found:
+            return found
+    return {}
+
+
 def _calibration_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The calibration summary of a build, or of the quantized graph it started from."""
-    if manifest.get("calibration"):
-        return manifest["calibration"]
-    for record in manifests.sources(manifest):
-        summary = ((record.get("manifest") or {}).get("quantize") or {}).get("calib_summary")
-        if summary:
-            return summary
-    return None
+    return manifest.get("calibration") or _quantize_record(manifest).get("calib_summary")
 
 
 def _save_labels(check_dir: Path, labels: np.ndarray | None) -> None:

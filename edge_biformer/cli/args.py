@@ -249,6 +249,14 @@ class CalibArgs(ArgGroup):
             help="node-name pattern to keep out of INT8 (Python regex, searched); repeatable",
         )
         group.add_argument(
+            "--protect-routing",
+            choices=("path", "inputs"),
+            default="path",
+            help="int8: keep the routing path (region means, routing MatMul, TopK) out of INT8 (path, "
+            "default), or also everything upstream of a routing TopK (inputs: FP32-identical routing, "
+            "less INT8; docs/routing.md has the measured trade-off)",
+        )
+        group.add_argument(
             "--high-precision",
             choices=("fp16", "fp32"),
             default="fp16",
@@ -277,9 +285,21 @@ class CalibArgs(ArgGroup):
             exclude=tuple(args.exclude),
             high_precision=args.high_precision,
             cache=Path(args.calib_cache) if args.calib_cache else None,
+            routing_protection=args.protect_routing,
             img_size=getattr(args, "img_size", None),
             **paths,
         )
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (e.g. 0.99), got {value}")
+    return value
 
 
 class CheckDataArgs(ArgGroup):
@@ -302,6 +322,13 @@ class CheckDataArgs(ArgGroup):
         group.add_argument(
             "--check-num", type=int, default=64, help="at most this many check samples (default 64)"
         )
+        group.add_argument(
+            "--min-routing-agreement",
+            type=_fraction,
+            metavar="F",
+            help="fail an artifact whose worst BRA block routes fewer than this fraction of query regions "
+            "to the same top-k regions as FP32 (e.g. 0.99; default: report it, warn below 0.99)",
+        )
 
     @staticmethod
     def options(args: argparse.Namespace, outdir: Path, **extra: Any) -> Any:
@@ -314,7 +341,13 @@ class CheckDataArgs(ArgGroup):
             data = DataSpec(args.eval_data, num=args.check_num, labelled=True)
         elif args.check_data:
             data = DataSpec(args.check_data, num=args.check_num)
-        return CheckOptions(outdir=outdir, data=data, num=args.check_num, **extra)
+        return CheckOptions(
+            outdir=outdir,
+            data=data,
+            num=args.check_num,
+            min_routing_agreement=args.min_routing_agreement,
+            **extra,
+        )
 
 
 class EngineArgs(ArgGroup):

@@ -133,4 +133,5 @@ def quantize_fp16(
         fp32_nodes=len(fp32),
         fp16_tensors=sum(1 for i in converted.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16),
         excluded=sorted(set(extra)),
+        policy={"fp32_nodes": len(fp32), "routing_nodes_fp32": len(policy.routing)},
     )

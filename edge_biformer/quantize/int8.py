@@ -54,6 +54,7 @@ def quantize_int8(
     exclude: Sequence[str] = (),
     high_precision: str = "fp16",
     cache: str | os.PathLike[str] | None = None,
+    routing_protection: str = "path",
 ) -> QuantizeResult:
     """Explicit INT8 (Q/DQ) copy of ``onnx_path``, calibrated on the CPU with onnxruntime.
 
@@ -66,6 +67,8 @@ def quantize_int8(
         high_precision: ``fp16`` (convert the non-INT8 ops to FP16, routing and LayerNorm in FP32)
             or ``fp32``.
         cache: calibration cache path; reused when its key (model, data, method, nodes) matches.
+        routing_protection: ``path`` (the routing path out of INT8) or ``inputs`` (also everything
+            upstream of a routing TopK): :mod:`edge_biformer.quantize.policy`.
     """
     if method not in CALIB_METHODS:
         raise QuantizationError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
@@ -76,7 +79,7 @@ def quantize_int8(
     onnx_path = Path(onnx_path)
     output = Path(output)
     model = load_source(onnx_path, "int8")
-    policy = node_policy(model, exclude)
+    policy = node_policy(model, exclude, routing_protection)
     if not policy.int8:
         raise QuantizationError(
             f"no node of {onnx_path} is left to quantize (the --exclude patterns removed all "
@@ -167,4 +170,5 @@ def quantize_int8(
             "calibration_batch": batch,
         },
         excluded=policy.excluded_by_user,
+        policy=policy.describe(),
     )

@@ -35,7 +35,8 @@ class QuantizeOptions:
     (kept in FP32 by the FP16 conversion); ``high_precision``: what the non-INT8 ops of an int8 graph
     become (``fp16`` or ``fp32``); ``cache``: the calibration cache (default ``<output>.calib.cache``
     beside the output, i.e. ``model.int8.calib.cache``); ``img_size``: the calibration image size
-    of a graph whose H and W are dynamic.
+    of a graph whose H and W are dynamic; ``routing_protection``: ``path`` or ``inputs``
+    (:mod:`edge_biformer.quantize.policy`).
     """
 
     precision: str
@@ -47,6 +48,7 @@ class QuantizeOptions:
     high_precision: str = "fp16"
     cache: Path | None = None
     img_size: tuple[int, int] | None = None
+    routing_protection: str = "path"
 
 
 def run(options: QuantizeOptions) -> QuantizeResult:
@@ -83,6 +85,7 @@ def run(options: QuantizeOptions) -> QuantizeResult:
                 exclude=options.exclude,
                 high_precision=options.high_precision,
                 cache=cache,
+                routing_protection=options.routing_protection,
             )
             st.output = output
             st.details.append(

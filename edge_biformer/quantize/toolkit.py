@@ -37,6 +37,7 @@ class QuantizeResult:
     calib_cache_reused: bool = False
     calib_summary: dict[str, Any] | None = None
     excluded: list[str] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for the manifest)."""
