@@ -6,6 +6,8 @@ Public API::
     model = edge_biformer.create_model("biformer_tiny", weights="biformer_tiny_best.pth")
     edge_biformer.list_models()  # ['biformer_base', 'biformer_small', 'biformer_tiny']
     session = edge_biformer.cpu_session("model.plugin.onnx")  # onnxruntime, plugin nodes included
+    edge_biformer.build(my_yolo, torch.rand(1, 3, 640, 640), precision="int8", output="out",
+                        calib_data="images/", preprocess="yolo")  # a module of one's own, end to end
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "cpu_session", "create_model", "list_models"]
+__all__ = ["__version__", "build", "cpu_session", "create_model", "list_models"]
 
 if TYPE_CHECKING:
+    from edge_biformer.api import build
     from edge_biformer.models import create_model, list_models
     from edge_biformer.runtime import cpu_session
 
@@ -27,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from edge_biformer import models
 
         return getattr(models, name)
+    if name == "build":
+        from edge_biformer.api import build
+
+        return build
     if name == "cpu_session":
         from edge_biformer.runtime import cpu_session
 

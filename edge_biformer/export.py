@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edge_biformer import manifest as manifests
+from edge_biformer.calib.preprocess import IMAGENET
 from edge_biformer.check import TOLERANCES, Comparison, Tolerance, compare
 from edge_biformer.check.finite import require_finite_module
 from edge_biformer.errors import EdgeBiformerError, ExportError
@@ -389,6 +390,8 @@ def run(options: ExportOptions, model: nn.Module | None = None) -> ExportResult:
         input={"name": INPUT_NAME, "shape": result.input_shape, "dtype": "float32"},
         output={"name": OUTPUT_NAME, "shape": result.output_shape, "dtype": "float32"},
         verification=result.verification_record(),
+        # The models of the registry are evaluated with the official transform.
+        preprocess=IMAGENET.to_dict(),
     )
     result.manifest = str(manifests.write_manifest(manifests.manifest_path(output), record))
     log(f"manifest -> {result.manifest}")

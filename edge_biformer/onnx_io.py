@@ -24,9 +24,12 @@ __all__ = [
     "GRAPH_KINDS",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "GraphInterface",
     "TensorInfo",
     "graph_inputs",
+    "graph_interface",
     "graph_kind",
+    "graph_outputs",
     "graph_precision",
     "image_size",
     "load_model",
@@ -223,3 +226,116 @@ def image_size(
         raise error(f"{path}: expected an N x 3 x H x W image input, got rank {len(dims)}")
     h, w = dims[2], dims[3]
     return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+
+@dataclass(frozen=True)
+class GraphInterface:
+    """What a graph takes and gives: one image input ``N x C x H x W`` and its outputs, in order.
+
+    Every stage reads a graph's interface from here (``edge-biformer export`` writes ``input`` ->
+    ``logits``; a graph of one's own has its own names, static or dynamic dims, several outputs).
+    """
+
+    input: TensorInfo
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def static_batch(self) -> int | None:
+        """The input's batch size when the graph fixes it, else ``None``."""
+        n = self.input.dims[0]
+        return n if isinstance(n, int) else None
+
+    @property
+    def channels(self) -> int:
+        """The input's channel count (static: checked by :func:`graph_interface`)."""
+        c = self.input.dims[1]
+        assert isinstance(c, int)
+        return c
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """Static (H, W), or ``None`` when H or W is dynamic."""
+        h, w = self.input.dims[2], self.input.dims[3]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+    @property
+    def output_names(self) -> list[str]:
+        """The output names, in graph order."""
+        return [o.name for o in self.outputs]
+
+    def to_manifest(self) -> dict[str, object]:
+        """``input`` and ``outputs`` records of a manifest (dynamic dims by name, ``N`` for the batch)."""
+
+        def dims(t: TensorInfo, batch: bool) -> list[int | str]:
+            out: list[int | str] = []
+            for i, d in enumerate(t.dims):
+                out.append(d if isinstance(d, int) else ("N" if i == 0 and batch else (d or "?")))
+            return out
+
+        return {
+            "input": {"name": self.input.name, "dtype": _DTYPES.get(self.input.elem_type, "?"),
+                      "shape": dims(self.input, True)},
+            "outputs": [
+                {"name": o.name, "dtype": _DTYPES.get(o.elem_type, "?"), "shape": dims(o, True),
+                 "kind": output_kind(o)}
+                for o in self.outputs
+            ],
+        }  # fmt: skip
+
+
+_DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64",
+           TensorProto.INT32: "int32", TensorProto.BOOL: "bool", TensorProto.UINT8: "uint8"}  # fmt: skip
+
+
+def output_kind(output: TensorInfo) -> str:
+    """``classifier`` for a rank-2 ``[N, classes]`` output (logits, scores), else ``dense`` (feature
+    maps, detection heads, segmentation maps): what the check measures on it (docs/build.md)."""
+    return "classifier" if len(output.dims) == 2 else "dense"
+
+
+def graph_interface(
+    model: onnx.ModelProto | str | os.PathLike[str], error: type[EdgeBiformerError] = EdgeBiformerError
+) -> GraphInterface:
+    """The image input and the outputs of a graph, with one clear ``error`` for what the toolkit cannot feed.
+
+    The graph must have exactly one input, a float ``N x C x H x W`` image with a static channel count.
+    """
+    where = "the graph" if isinstance(model, onnx.ModelProto) else str(model)
+    if not isinstance(model, onnx.ModelProto):
+        try:
+            model = onnx.load(str(model), load_external_data=False)
+        except Exception as err:
+            raise error(f"cannot read the ONNX model {where}: {_first_line(err)}") from None
+    inputs = graph_inputs(model)
+    if not inputs:
+        raise error(
+            f"{where} has no graph inputs (every value is a constant): there is nothing to feed images to; "
+            "export the model with its image input (torch.onnx.export(model, example_input, ...))"
+        )
+    if len(inputs) > 1:
+        names = ", ".join(f"'{i.name}' {list(i.dims)}" for i in inputs)
+        raise error(
+            f"{where} has {len(inputs)} inputs ({names}); the toolkit feeds one image input N x C x H x W: "
+            "export the model with the image as its only input (fold the other inputs into constants)"
+        )
+    image = inputs[0]
+    if len(image.dims) != 4:
+        raise error(
+            f"{where}: the input '{image.name}' has rank {len(image.dims)} ({list(image.dims)}); the toolkit "
+            "feeds images N x C x H x W: export the model with a 4-D image input"
+        )
+    if image.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+        raise error(
+            f"{where}: the input '{image.name}' is of type {_DTYPES.get(image.elem_type, image.elem_type)}; "
+            "the toolkit feeds float images (preprocessing inside the graph on uint8 is not supported): "
+            "export the model with a float32 input"
+        )
+    if not isinstance(image.dims[1], int):
+        raise error(
+            f"{where}: the channel count of the input '{image.name}' is dynamic; export it with a static "
+            "channel dimension (e.g. 3)"
+        )
+    outputs = tuple(graph_outputs(model))
+    if not outputs:
+        raise error(f"{where} has no graph outputs; export the model again")
+    return GraphInterface(image, outputs)

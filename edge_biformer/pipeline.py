@@ -33,6 +33,7 @@ from edge_biformer import check, engine, export, quantize, rewrite, stages
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
 from edge_biformer.calib.demo import DEMO_SOURCE, default_calibration
+from edge_biformer.calib.preprocess import IMAGENET, Preprocess, preprocess_from_manifest
 from edge_biformer.check import TOLERANCES
 from edge_biformer.check.report import CheckReport
 from edge_biformer.check.stage import CheckOptions
@@ -40,7 +41,7 @@ from edge_biformer.engine.options import EngineOptions
 from edge_biformer.engine.stage import PLUGIN_LIBRARY_NAME
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.export import ExportOptions
-from edge_biformer.onnx_io import INPUT_NAME, graph_kind, graph_precision, image_size
+from edge_biformer.onnx_io import GraphInterface, graph_interface, graph_kind, graph_precision
 from edge_biformer.quantize.stage import QuantizeOptions
 from edge_biformer.rewrite.stage import RewriteOptions
 from edge_biformer.utils import log, require_writable_dir, sha256_file
@@ -67,6 +68,9 @@ class BuildOptions:
     quantize: QuantizeOptions | None = None
     rewrite: RewriteOptions | None = field(default_factory=RewriteOptions)
     check: CheckOptions | None = None
+    #: How images become inputs (calibration, check): ``None`` takes the recipe the source graph's
+    #: manifest records, else ``imagenet`` (:data:`edge_biformer.calib.preprocess.PRESETS`).
+    preprocess: Preprocess | None = None
 
 
 @dataclass
@@ -96,6 +100,8 @@ class _Build:
     calib: Any = None
     check_data: Any = None
     report: CheckReport | None = None
+    interface: GraphInterface | None = None
+    preprocess: Preprocess = IMAGENET
 
     @property
     def out(self) -> Path:
@@ -120,6 +126,29 @@ def _export(b: _Build) -> None:
     }
     b.record("onnx", Path(result.path))
     b.current, b.kind = Path(result.path), "plain"
+    _adopt_interface(b, b.current)
+
+
+def _adopt_interface(b: _Build, path: Path) -> None:
+    """Input, outputs and engine profile from the graph itself: names, channels, static dims."""
+    iface = graph_interface(path)
+    b.interface = iface
+    b.manifest.update(iface.to_manifest())
+    engine_opts = b.options.engine
+    batch = replace(engine_opts.batch, input_name=iface.input.name, channels=iface.channels)
+    n = iface.static_batch
+    if n is not None:
+        static = iface.image_size is not None
+        if (batch.min, batch.opt, batch.max) != (n, n, n):
+            log(
+                f"{path.name}: input '{iface.input.name}' has a static batch of {n}: the engine takes "
+                f"batch {n} " + ("and no optimization profile (every input dim is static)" if static else "")
+                + "; export with a dynamic batch axis for --batch MIN,OPT,MAX"
+            )  # fmt: skip
+        batch = replace(batch, min=n, opt=n, max=n, static=static)
+    b.options = replace(b.options, engine=replace(engine_opts, batch=batch))
+    if b.img_size is not None:
+        b.manifest["profile"] = {**asdict(batch), "shapes": batch.shapes(b.img_size)}
 
 
 def _quantize(b: _Build) -> None:
@@ -256,7 +285,7 @@ def _start_from_onnx(b: _Build) -> None:
         log(
             f"from-onnx: model {fields['model']} and its weights taken from {manifests.manifest_path(source)}"
         )
-    b.img_size = image_size(source) or b.options.img_size
+    b.img_size = graph_interface(source).image_size or b.options.img_size
     if kind == "plain":
         b.record("onnx", source)
     elif kind == "plugin":  # checked in cpu_session like a graph this build rewrote
@@ -264,6 +293,33 @@ def _start_from_onnx(b: _Build) -> None:
     else:
         b.manifest["artifacts"]["quantized"] = str(source.resolve())
     log(f"from-onnx {source}: {kind} graph")
+    if b.img_size is not None:
+        _adopt_interface(b, source)
+    recorded = next(
+        (
+            r
+            for r in (preprocess_from_manifest(rec.get("manifest")) for rec in manifests.sources(b.manifest))
+            if r
+        ),
+        None,
+    )
+    if b.options.preprocess is None and recorded is not None:
+        b.preprocess = recorded
+    if kind == "plain" and b.options.rewrite is not None and not _has_bra(source):
+        log(
+            f"{source.name} has no BRA block (no top-k routed attention found): a plain TensorRT build, "
+            "without the plugin"
+        )
+        b.manifest["note"] = "no BRA block: built without the plugin rewrite"
+        b.options = replace(b.options, rewrite=None)
+
+
+def _has_bra(path: Path) -> bool:
+    """Whether the matcher finds any BRA block (complete or partial) in a graph."""
+    from edge_biformer.rewrite.stage import analyse_model, load_onnx
+
+    _, _, found = analyse_model(load_onnx(path))
+    return bool(found.matches or found.partial)
 
 
 def _load_data(b: _Build, plan: list[stages.Stage]) -> None:
@@ -275,6 +331,7 @@ def _load_data(b: _Build, plan: list[stages.Stage]) -> None:
     spec = o.quantize.calib if o.quantize is not None else None
     if quantizes_int8 and spec is None:
         spec = default_calibration()
+    spec = _with_recipe(b, spec)
     if isinstance(spec, DataSpec):
         b.calib = load_data(spec, b.img_size, "calibration data")  # type: ignore[arg-type]
     else:
@@ -282,7 +339,7 @@ def _load_data(b: _Build, plan: list[stages.Stage]) -> None:
     if b.calib is not None:
         b.manifest["calibration"] = b.calib.summary()
     check = o.check
-    data = check.data if check is not None else None
+    data = _with_recipe(b, check.data if check is not None else None)
     if isinstance(data, DataSpec):
         data = load_data(data, b.img_size, "check data", batch_size=o.engine.batch.opt)  # type: ignore[arg-type]
     saved_reference = o.from_onnx is not None and (o.output / "check" / "reference.json").is_file()
@@ -293,6 +350,13 @@ def _load_data(b: _Build, plan: list[stages.Stage]) -> None:
         else:
             data = _recorded_calibration(b, o.engine.batch.opt)
     b.check_data = data
+
+
+def _with_recipe(b: _Build, spec: Any) -> Any:
+    """A data spec with the build's preprocessing and the graph's channel count."""
+    if not isinstance(spec, DataSpec):
+        return spec
+    return replace(spec, preprocess=spec.preprocess or b.preprocess, channels=b.options.engine.batch.channels)
 
 
 def _recorded_calibration(b: _Build, batch_size: int) -> Any:
@@ -311,7 +375,7 @@ def _recorded_calibration(b: _Build, batch_size: int) -> Any:
             log(f"check: the calibration data {path} recorded in {record.get('path')}'s manifest is gone")
             return None
         log(f"check: using the calibration data recorded in {record.get('path')}'s manifest as check inputs")
-        spec = DataSpec(str(path), seed=int(summary.get("seed") or 0))
+        spec = _with_recipe(b, DataSpec(str(path), seed=int(summary.get("seed") or 0)))
         return load_data(spec, b.img_size, "check data", batch_size=batch_size)  # type: ignore[arg-type]
     return None
 
@@ -336,6 +400,7 @@ def run(options: BuildOptions, model: Any = None) -> BuildResult:
 
         require_checkpoint_file(options.export.weights)  # before anything is created or hashed
     b = _Build(options, {"precision": options.precision, "artifacts": {}, "stages": {}}, model=model)
+    b.preprocess = options.preprocess or IMAGENET
     if options.export is not None:
         weights = options.export.weights
         b.manifest.update(
@@ -358,15 +423,24 @@ def run(options: BuildOptions, model: Any = None) -> BuildResult:
         options.precision,
         start,
         quantize=options.engine.int8_mode != "calibrator",
-        rewrite=options.rewrite is not None and start != "plugin",
+        rewrite=b.options.rewrite is not None and start != "plugin",
         check=options.check is not None,
     )
+    how = (
+        "given"
+        if options.preprocess is not None
+        else ("recorded" if b.preprocess is not IMAGENET else "default")
+    )
+    log(f"preprocess ({how}): {b.preprocess.describe(b.img_size)}")
+    b.manifest["preprocess"] = b.preprocess.to_dict()
     _load_data(b, plan)
     out.mkdir(parents=True, exist_ok=True)
-    batch = options.engine.batch
+    batch = b.options.engine.batch
     b.manifest["img_size"] = list(b.img_size)
     b.manifest["profile"] = {**asdict(batch), "shapes": batch.shapes(b.img_size)}
-    b.manifest["input"] = {"name": INPUT_NAME, "dtype": "float32", "shape": ["N", 3, *b.img_size]}
+    b.manifest.setdefault(
+        "input", {"name": batch.input_name, "dtype": "float32", "shape": ["N", 3, *b.img_size]}
+    )
     b.manifest["tolerances"] = {p.name: TOLERANCES[p.tolerance].to_dict() for p in stages.PRECISIONS.values()}
     for step in plan:
         _STEPS[step.name](b)
@@ -376,7 +450,7 @@ def run(options: BuildOptions, model: Any = None) -> BuildResult:
         stage="build",
         model={k: b.manifest.pop(k, None) for k in manifests.MODEL_FIELDS},
         source=b.manifest.pop("source", None),
-        options=options,
+        options=b.options,
         **b.manifest,
     )
     path = manifests.write_manifest(out / "manifest.json", manifest)

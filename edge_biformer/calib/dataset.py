@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_biformer.calib.preprocess import CROP_PCT, preprocess_image, require_pillow, resize_size
+from edge_biformer.calib.preprocess import CROP_PCT, IMAGENET, Preprocess, require_pillow
 from edge_biformer.calib.scan import IMAGE_EXTENSIONS, CalibrationDataError, load_tensor_file, scan
 from edge_biformer.onnx_io import INPUT_NAME
 from edge_biformer.utils.sizes import image_hw
@@ -44,6 +44,8 @@ class CalibrationData:
     ignored_non_image: int = 0
     missing: int = 0
     seed: int = 0
+    #: The recipe the images went through (``None``: precomputed tensors, or noise).
+    preprocess: Preprocess | None = None
 
     def __len__(self) -> int:
         return int(self.tensors.shape[0])
@@ -88,8 +90,9 @@ class CalibrationData:
             "preprocessing": (
                 "precomputed tensors"
                 if self.kind == "tensors"
-                else f"resize {resize_size(self.img_size)} bicubic, center crop "
-                f"{self.img_size[0]}x{self.img_size[1]}, ImageNet mean/std"
+                else "seeded standard-normal noise"
+                if self.kind == "synthetic"
+                else (self.preprocess or IMAGENET).describe(self.img_size)
             ),
             "labelled": self.labels is not None,
             "sha256": self.sha256,
@@ -138,6 +141,8 @@ def load(
     batch_size: int = 8,
     labelled: bool = False,
     crop_pct: float = CROP_PCT,
+    preprocess: Preprocess | None = None,
+    channels: int = 3,
 ) -> CalibrationData:
     """Discover, select and preprocess the data at ``path``.
 
@@ -150,21 +155,25 @@ def load(
         batch_size: batch size of :meth:`CalibrationData.batches`; a set smaller than one batch
             gives one smaller batch.
         labelled: ImageNet-style ``class_dir/image`` folder; labels are sorted class indices.
-        crop_pct: center-crop fraction (timm's default 0.875).
+        crop_pct: center-crop fraction of the default recipe (timm's default 0.875).
+        preprocess: the recipe for images (default: ``imagenet`` with ``crop_pct``).
+        channels: the graph's input channels (tensors must have them; images are converted).
 
     Raises:
         CalibrationDataError: nothing usable at ``path``, or tensors of the wrong shape.
     """
     h, w = image_hw(img_size)
+    recipe = preprocess or (IMAGENET if crop_pct == CROP_PCT else Preprocess(crop_pct=crop_pct))
     if batch_size < 1:
         raise CalibrationDataError(f"--calib-batch must be >= 1, got {batch_size}")
     found = scan(path, labelled=labelled)
     if found.kind == "tensors":
         array = load_tensor_file(found.source)
-        if array.ndim != 4 or array.shape[1] != 3 or tuple(array.shape[2:]) != (h, w):
+        if array.ndim != 4 or array.shape[1] != channels or tuple(array.shape[2:]) != (h, w):
             raise CalibrationDataError(
-                f"{found.source} holds an array of shape {tuple(array.shape)}, expected N x 3 x {h} x {w} "
-                f"(preprocessed images at --img-size {h}x{w}); re-create it at that size or pass the images"
+                f"{found.source} holds an array of shape {tuple(array.shape)}, expected N x {channels} x "
+                f"{h} x {w} (preprocessed images of the graph's {channels}-channel input at --img-size "
+                f"{h}x{w}); re-create it at that shape or pass the images"
             )
         if not np.issubdtype(array.dtype, np.floating):
             raise CalibrationDataError(
@@ -216,7 +225,7 @@ def load(
         try:
             with Image.open(p) as img:
                 img.load()
-                arrays.append(preprocess_image(img, (h, w), crop_pct))
+                arrays.append(recipe.apply(img, (h, w), channels))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             skipped += 1
             unreadable.append(f"{p}: {type(err).__name__}")
@@ -249,6 +258,7 @@ def load(
         ignored_non_image=found.ignored,
         missing=found.missing,
         seed=seed,
+        preprocess=recipe,
     )
 
 
@@ -266,6 +276,10 @@ class DataSpec:
     seed: int = 0
     batch_size: int = 8
     labelled: bool = False
+    #: The recipe for images (``None``: ``imagenet``); the build sets the one it records.
+    preprocess: Preprocess | None = None
+    #: The graph input's channel count.
+    channels: int = 3
 
     def load(self, img_size: int | Sequence[int], batch_size: int | None = None) -> CalibrationData:
         """:func:`load` at ``img_size`` (``batch_size`` replaces the spec's)."""
@@ -277,6 +291,8 @@ class DataSpec:
             seed=self.seed,
             batch_size=batch_size or self.batch_size,
             labelled=self.labelled,
+            preprocess=self.preprocess,
+            channels=self.channels,
         )
 
 
@@ -293,12 +309,12 @@ def load_data(
 
 
 def synthetic(
-    n: int, img_size: int | Sequence[int] = 224, batch_size: int = 8, seed: int = 0
+    n: int, img_size: int | Sequence[int] = 224, batch_size: int = 8, seed: int = 0, channels: int = 3
 ) -> CalibrationData:
     """Seeded standard-normal tensors, for checks when the user gave no data (not for calibration)."""
     h, w = image_hw(img_size)
     rng = np.random.default_rng(seed)
-    tensors = rng.standard_normal((n, 3, h, w), dtype=np.float32)
+    tensors = rng.standard_normal((n, channels, h, w), dtype=np.float32)
     return CalibrationData(
         tensors=tensors,
         source=f"synthetic(seed={seed})",

@@ -105,14 +105,22 @@ def _topk(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-values, axis=1, kind="stable")[:, :k]
 
 
-def _classification(result: Comparison, actual: np.ndarray, expected: np.ndarray, labels: Any) -> None:
+def _cosine(result: Comparison, actual: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample cosine similarity of the flattened outputs (min and mean into ``result``)."""
     ref = expected.reshape(expected.shape[0], -1).astype(np.float64)
     out = actual.reshape(actual.shape[0], -1).astype(np.float64)
     denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
     cosine = (ref * out).sum(1) / np.maximum(denom, 1e-30)
-    ref_top1 = ref.argmax(1)
+    # Two all-zero samples point the same way (a ReLU map that is zero for an image).
+    cosine[(denom == 0) & (np.abs(ref).sum(1) == 0) & (np.abs(out).sum(1) == 0)] = 1.0
     result.min_cosine = float(cosine.min())
     result.mean_cosine = float(cosine.mean())
+    return ref, out
+
+
+def _classification(result: Comparison, actual: np.ndarray, expected: np.ndarray, labels: Any) -> None:
+    ref, out = _cosine(result, actual, expected)
+    ref_top1 = ref.argmax(1)
     result.top1_agreement = float((out.argmax(1) == ref_top1).mean())
     result.top5_agreement = float((_topk(out, 5) == ref_top1[:, None]).any(1).mean())
     if labels is not None:
@@ -207,8 +215,11 @@ def compare(
     result.max_rel_diff = max_abs / max(scale, 1e-12) if math.isfinite(max_abs) else math.inf
     if len(pairs) == 1 and pairs[0][2].ndim >= 1:
         result.samples = int(pairs[0][2].shape[0])
-    if result.passed and tol.classification and len(pairs) == 1 and pairs[0][2].ndim == 2:
-        _classification(result, pairs[0][1], pairs[0][2], labels)
+    if result.passed and tol.classification and len(pairs) == 1 and pairs[0][2].ndim >= 1:
+        if pairs[0][2].ndim == 2:
+            _classification(result, pairs[0][1], pairs[0][2], labels)
+        elif pairs[0][2].ndim > 2:  # a dense output (feature map, detection head): its direction per sample
+            _cosine(result, pairs[0][1], pairs[0][2])
     if judge_decisions:
         _judge(result, tol, labels, reference_accuracy, pairs)
     else:

@@ -14,7 +14,7 @@ import contextlib
 import io
 import os
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from edge_biformer.utils import atomic_output
 
 __all__ = [
     "REFERENCE_RUNNER",
+    "Results",
+    "as_results",
     "load_polygraphy_inputs",
     "load_polygraphy_outputs",
     "polygraphy_command",
@@ -51,51 +53,73 @@ def quiet_polygraphy() -> Iterator[Any]:
         G_LOGGER.module_severity = severity
 
 
-def save_polygraphy_inputs(batches: Sequence[np.ndarray], path: str | os.PathLike[str]) -> None:
+#: One batch's outputs: ``{output name: array}``, in the graph's output order.
+Results = dict[str, np.ndarray]
+
+
+def as_results(
+    values: Sequence[np.ndarray | Mapping[str, np.ndarray]], name: str = OUTPUT_NAME
+) -> list[Results]:
+    """Per-batch outputs as ``{name: array}`` dicts (a bare array is the single output ``name``)."""
+    return [dict(v) if isinstance(v, Mapping) else {name: np.asarray(v)} for v in values]
+
+
+def save_polygraphy_inputs(
+    batches: Sequence[np.ndarray], path: str | os.PathLike[str], input_name: str = INPUT_NAME
+) -> None:
     """Write the batches as Polygraphy input JSON (``--load-inputs``): a list of feed dicts."""
     from polygraphy.json import save_json
 
     with atomic_output(path, suffix=".json") as tmp, quiet_polygraphy():
-        save_json([{INPUT_NAME: np.ascontiguousarray(b)} for b in batches], str(tmp))
+        save_json([{input_name: np.ascontiguousarray(b)} for b in batches], str(tmp))
 
 
 def load_polygraphy_inputs(path: str | os.PathLike[str]) -> list[np.ndarray]:
-    """The input batches of a Polygraphy input JSON file."""
+    """The input batches of a Polygraphy input JSON file (of its one input, whatever its name)."""
     from polygraphy.json import load_json
 
     with quiet_polygraphy():
         feeds = load_json(str(path))
-    return [np.asarray(f[INPUT_NAME]) for f in feeds]
+    return [np.asarray(next(iter(f.values()))) for f in feeds]
 
 
 def save_polygraphy_outputs(
-    outputs: Sequence[np.ndarray], path: str | os.PathLike[str], runner_name: str = REFERENCE_RUNNER
+    outputs: Sequence[np.ndarray | Mapping[str, np.ndarray]],
+    path: str | os.PathLike[str],
+    runner_name: str = REFERENCE_RUNNER,
 ) -> None:
-    """Write outputs as Polygraphy ``RunResults`` JSON (``--load-outputs``) of ``runner_name``."""
+    """Write per-batch outputs as Polygraphy ``RunResults`` JSON (``--load-outputs``) of ``runner_name``."""
     from polygraphy.comparator import IterationResult, RunResults
 
     results = RunResults()
     results.append(
-        (runner_name, [IterationResult(outputs={OUTPUT_NAME: o}, runner_name=runner_name) for o in outputs])
+        (runner_name, [IterationResult(outputs=o, runner_name=runner_name) for o in as_results(outputs)])
     )
     with atomic_output(path, suffix=".json") as tmp, quiet_polygraphy():
         results.save(str(tmp))
 
 
-def load_polygraphy_outputs(path: str | os.PathLike[str]) -> list[np.ndarray]:
-    """The ``logits`` of the first runner of a ``RunResults`` JSON file."""
+def load_polygraphy_outputs(path: str | os.PathLike[str]) -> list[Results]:
+    """The per-batch outputs (``{name: array}``) of the first runner of a ``RunResults`` JSON file."""
     from polygraphy.comparator import RunResults
 
     with quiet_polygraphy():
         results = RunResults.load(str(path))
     _, iterations = next(iter(results.items()))
-    return [np.asarray(it[OUTPUT_NAME]) for it in iterations]
+    return [{name: np.asarray(value) for name, value in it.items()} for it in iterations]
 
 
 def polygraphy_compare(
-    reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], atol: float, rtol: float, stat: str
+    reference: Sequence[np.ndarray | Mapping[str, np.ndarray]],
+    outputs: Sequence[np.ndarray | Mapping[str, np.ndarray]],
+    atol: float | Mapping[str, float],
+    rtol: float,
+    stat: str,
 ) -> bool:
-    """The verdict of Polygraphy's comparator (what ``polygraphy run`` would print) for these outputs."""
+    """The verdict of Polygraphy's comparator (what ``polygraphy run`` would print) for these outputs.
+
+    ``atol``: one value, or one per output name (each output's tolerance follows its own range).
+    """
     from polygraphy.comparator import Comparator, IterationResult, RunResults
 
     try:
@@ -107,17 +131,16 @@ def polygraphy_compare(
 
     results = RunResults()
     results.append(
-        (
-            REFERENCE_RUNNER,
-            [IterationResult({OUTPUT_NAME: r}, runner_name=REFERENCE_RUNNER) for r in reference],
-        )
+        (REFERENCE_RUNNER, [IterationResult(r, runner_name=REFERENCE_RUNNER) for r in as_results(reference)])
     )
-    results.append(("artifact", [IterationResult({OUTPUT_NAME: o}, runner_name="artifact") for o in outputs]))
+    results.append(("artifact", [IterationResult(o, runner_name="artifact") for o in as_results(outputs)]))
     with quiet_polygraphy() as logger:
         logger.module_severity = logger.CRITICAL
         verdict = Comparator.compare_accuracy(
-            results, compare_func=_simple(atol=atol, rtol=rtol, check_error_stat=stat)
-        )
+            results,
+            compare_func=_simple(atol=dict(atol) if isinstance(atol, Mapping) else atol, rtol=rtol,
+                                 check_error_stat=stat),
+        )  # fmt: skip
     return bool(verdict)
 
 
@@ -131,7 +154,12 @@ def _strongly_typed(tensorrt: str | None) -> bool:
 
 
 def polygraphy_command(
-    target: Target, inputs_json: str, reference_json: str, atol: float, rtol: float, stat: str
+    target: Target,
+    inputs_json: str,
+    reference_json: str,
+    atol: float | Mapping[str, float],
+    rtol: float,
+    stat: str,
 ) -> str:
     """The ``polygraphy run`` line that repeats this comparison by hand."""
     precision = PRECISIONS[target.precision]
@@ -150,11 +178,15 @@ def polygraphy_command(
         for level in ("min", "opt", "max"):
             if target.profile_shapes and level in target.profile_shapes:
                 dims = ",".join(str(d) for d in target.profile_shapes[level])
-                args += [f"--trt-{level}-shapes", f"{INPUT_NAME}:[{dims}]"]
+                args += [f"--trt-{level}-shapes", f"{target.input_name}:[{dims}]"]
     else:
         args += ["--onnxrt"]
         if precision.ort_optimization != "ORT_ENABLE_ALL":
             args += ["--graph-optimization-level", precision.ort_optimization]
     args += ["--load-inputs", inputs_json, "--load-outputs", reference_json]
-    args += ["--atol", f"{atol:g}", "--rtol", f"{rtol:g}", "--check-error-stat", stat]
+    if isinstance(atol, Mapping):  # one per output: "name:value" entries
+        args += ["--atol", *(f"{name}:{value:g}" for name, value in atol.items())]
+    else:
+        args += ["--atol", f"{atol:g}"]
+    args += ["--rtol", f"{rtol:g}", "--check-error-stat", stat]
     return shlex.join(args)

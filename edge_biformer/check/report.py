@@ -48,6 +48,9 @@ class TargetResult:
     #: records, worst first); ``None`` with ``routing_note`` saying why it was not measured.
     routing: list[dict[str, Any]] | None = None
     routing_note: str = ""
+    #: Per output of a graph with several (``{name: {kind, passed, max_abs_diff, max_rel_diff,
+    #: mean_abs_diff, min_cosine, top1_agreement, scale}}``); empty for one output.
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def worst_routing(self) -> dict[str, Any] | None:
@@ -87,7 +90,12 @@ class CheckReport:
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return clean(record)
 
 
 def summary_line(c: TargetResult) -> str:
@@ -96,6 +104,14 @@ def summary_line(c: TargetResult) -> str:
         return f"SKIPPED ({c.reason})"
     acc = f"  top-1 acc {c.top1_accuracy:.2%}" if c.top1_accuracy is not None else ""
     verdict = "PASS" if c.status == "pass" else "FAIL: " + "; ".join(c.failures)
+    if c.outputs:
+        per = "; ".join(
+            f"{name}: rel {o['max_rel_diff']:.3g}"
+            + (f" cos {o['min_cosine']:.5f}" if o.get("min_cosine") is not None else "")
+            + (f" top-1 {o['top1_agreement']:.2%}" if o.get("top1_agreement") is not None else "")
+            for name, o in c.outputs.items()
+        )
+        return f"{len(c.outputs)} output{'s' if len(c.outputs) > 1 else ''} ({per})  {verdict}"
     return (
         f"max abs {c.max_abs_diff:.3g}  mean abs {c.mean_abs_diff:.3g}  cos min {c.min_cosine:.5f}  "
         f"top-1 agree {c.top1_agreement:.2%}  top-5 agree {c.top5_agreement:.2%}{acc}  {verdict}"
@@ -183,6 +199,36 @@ def _warnings(ref: dict[str, Any]) -> list[str]:
     ]
 
 
+def _outputs_section(report: CheckReport) -> list[str]:
+    """``## Outputs``: a graph with several outputs is judged output by output, each at its own range."""
+    rows = [c for c in report.comparisons if c.outputs]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Outputs",
+        "",
+        "Each output is judged alone with its precision's rules at its own range (atol = fraction x "
+        "max |reference output|): `classifier` outputs (rank 2, `[N, classes]`) by every rule, `dense` "
+        "ones (feature maps, detection heads, segmentation maps) by the error rules and the per-sample "
+        "cosine; top-1/top-5 agreement and accuracy apply to classifier outputs only.",
+        "",
+        "| artifact | output | kind | status | max abs diff | max rel diff | mean abs diff | min cosine "
+        "| top-1 agree |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in rows:
+        for name, o in c.outputs.items():
+            cos = f"{o['min_cosine']:.5f}" if o.get("min_cosine") is not None else ""
+            top1 = f"{o['top1_agreement']:.2%}" if o.get("top1_agreement") is not None else ""
+            lines.append(
+                f"| {c.name} | {name} | {o['kind']} | {'PASS' if o['passed'] else 'FAIL'} | "
+                f"{o['max_abs_diff']:.3g} | {o['max_rel_diff']:.3g} | {o['mean_abs_diff']:.3g} | {cos} | "
+                f"{top1} |"
+            )
+    return lines
+
+
 def render_markdown(report: CheckReport) -> str:
     """``report.md``: the verdicts, the numbers, the tolerances and the commands to rerun."""
     ref = report.reference
@@ -194,7 +240,12 @@ def render_markdown(report: CheckReport) -> str:
         f"Reference: {ref.get('description', 'FP32 PyTorch')} on {ref['samples']} samples in batches "
         f"{ref['batches']} "
         f"(data: {ref['data'].get('source', 'n/a')}, {ref['data'].get('kind', '')}); "
-        f"max |logit| {ref['logit_scale']:.4g}"
+        + (
+            f"max |logit| {ref['logit_scale']:.4g}"
+            if len(ref.get("outputs") or {"logits": 0}) == 1
+            else "max |output| "
+            + ", ".join(f"{n} {o['scale']:.4g}" for n, o in (ref.get("outputs") or {}).items())
+        )
         + (f"; top-1 accuracy {ref['top1_accuracy']:.2%}" if ref.get("top1_accuracy") is not None else "")
         + ".",
         "",
@@ -211,11 +262,14 @@ def render_markdown(report: CheckReport) -> str:
             )
             continue
         acc = f"{c.top1_accuracy:.2%}" if c.top1_accuracy is not None else ""
+        top1 = f"{c.top1_agreement:.2%}" if math.isfinite(c.top1_agreement) else ""
+        top5 = f"{c.top5_agreement:.2%}" if math.isfinite(c.top5_agreement) else ""
         lines.append(
             f"| {c.name} | {c.precision} | {c.status.upper()} | {c.max_abs_diff:.3g} | "
-            f"{c.mean_abs_diff:.3g} | {c.min_cosine:.5f} | {c.top1_agreement:.2%} | "
-            f"{c.top5_agreement:.2%} | {acc} | {c.atol:g} / {c.rtol:g} ({c.check_error_stat}) |"
+            f"{c.mean_abs_diff:.3g} | {c.min_cosine:.5f} | {top1} | "
+            f"{top5} | {acc} | {c.atol:g} / {c.rtol:g} ({c.check_error_stat}) |"
         )
+    lines += _outputs_section(report)
     failures = [c for c in report.comparisons if c.failures]
     if failures:
         lines += ["", "## Failures", ""]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_biformer.onnx_io import INPUT_NAME
+from edge_biformer.onnx_io import graph_interface
 
 __all__ = [
     "WARN_BELOW",
@@ -173,10 +173,11 @@ def run_routing(
     if not taps:
         return {}
     names = [t.indices for t in taps] + ([t.logits for t in taps] if with_logits else [])
+    input_name = graph_interface(model).input.name
     session = cpu_session(_tapped(model, names))
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for batch in batches:
-        values = session.run(names, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        values = session.run(names, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         for name, value in zip(names, values, strict=True):
             collected[name].append(np.asarray(value))
     out: dict[str, dict[str, np.ndarray]] = {}

@@ -10,12 +10,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_biformer.onnx_io import INPUT_NAME
 
-__all__ = ["KINDS", "Skip", "Target", "run_target"]
+__all__ = ["KINDS", "Skip", "Target", "float32_outputs", "run_target", "session_runner"]
 
 #: The kinds of target: onnxruntime, onnxruntime with the plugin op on the CPU, TensorRT.
 KINDS = ("onnxrt", "cpu_session", "tensorrt")
@@ -36,30 +37,41 @@ class Target:
     #: The target TensorRT version ("8.6.2"; the manifest's ``engine.target.tensorrt``), for the flags of
     #: the printed Polygraphy command; ``None``: TensorRT >= 10.
     tensorrt: str | None = None
+    #: The graph's image input (:func:`edge_biformer.onnx_io.graph_interface`).
+    input_name: str = INPUT_NAME
 
 
 class Skip(Exception):
     """A target that cannot run here (no TensorRT, no engine yet)."""
 
 
-def _onnxruntime(path: str) -> Callable[[np.ndarray], np.ndarray]:
+#: One batch's outputs by name, in the graph's order.
+Run = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def session_runner(session: Any, input_name: str) -> Run:
+    """Every output of an onnxruntime session on one batch, by name."""
+    names = [o.name for o in session.get_outputs()]
+    return lambda x: dict(zip(names, session.run(names, {input_name: x}), strict=True))
+
+
+def _onnxruntime(path: str, input_name: str) -> Run:
     import onnx
     import onnxruntime as ort
 
     from edge_biformer.runtime.cpu import session_options
 
     session = ort.InferenceSession(path, session_options(onnx.load(path)), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {INPUT_NAME: x})[0]
+    return session_runner(session, input_name)
 
 
-def _cpu_session(path: str) -> Callable[[np.ndarray], np.ndarray]:
+def _cpu_session(path: str, input_name: str) -> Run:
     from edge_biformer.runtime.cpu import cpu_session
 
-    session = cpu_session(path)
-    return lambda x: session.run(None, {INPUT_NAME: x})[0]
+    return session_runner(cpu_session(path), input_name)
 
 
-def _tensorrt(path: str, plugin_library: str | None) -> Callable[[np.ndarray], np.ndarray]:
+def _tensorrt(path: str, plugin_library: str | None, input_name: str) -> Run:
     """The engine on one batch, through Polygraphy's ``TrtRunner``.
 
     The engine is deserialized with a ``trt.Runtime`` of the process-wide logger
@@ -95,26 +107,37 @@ def _tensorrt(path: str, plugin_library: str | None) -> Callable[[np.ndarray], n
     runner = TrtRunner(engine)
     runner.activate()
 
-    def run(batch: np.ndarray, _keep: tuple[object, ...] = (runtime, engine)) -> np.ndarray:
+    def run(batch: np.ndarray, _keep: tuple[object, ...] = (runtime, engine)) -> dict[str, np.ndarray]:
         # _keep: the runtime must outlive its engine, and both the runner.
-        outputs = runner.infer({INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
-        value = next(iter(outputs.values()))
-        return np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float32)
+        outputs = runner.infer({input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in outputs.items()}
 
     return run
 
 
-def run_target(target: Target, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run ``target`` on every batch; raises :class:`Skip` when it cannot run on this machine."""
+def run_target(target: Target, batches: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Run ``target`` on every batch: its outputs per batch (``{name: array}``, float outputs as float32).
+
+    Raises :class:`Skip` when it cannot run on this machine.
+    """
     if target.kind == "onnxrt":
-        run = _onnxruntime(target.path)
+        run = _onnxruntime(target.path, target.input_name)
     elif target.kind == "cpu_session":
-        run = _cpu_session(target.path)
+        run = _cpu_session(target.path, target.input_name)
     elif target.kind == "tensorrt":
-        run = _tensorrt(target.path, target.plugin_library)
+        run = _tensorrt(target.path, target.plugin_library, target.input_name)
     else:
         raise ValueError(f"unknown target kind {target.kind!r}; expected one of {', '.join(KINDS)}")
-    return [np.asarray(run(np.ascontiguousarray(b)), dtype=np.float32) for b in batches]
+    return [float32_outputs(run(np.ascontiguousarray(b))) for b in batches]
+
+
+def float32_outputs(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Float outputs as float32 (an FP16 artifact is compared in the reference's type), others as they are."""
+    out = {}
+    for name, value in outputs.items():
+        a = np.asarray(value)
+        out[name] = a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+    return out
 
 
 def path_of(outdir: str | os.PathLike[str], name: str) -> str:

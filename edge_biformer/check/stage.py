@@ -30,9 +30,11 @@ import numpy as np
 
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
+from edge_biformer.calib.preprocess import preprocess_from_manifest
 from edge_biformer.check.compare import compare
 from edge_biformer.check.polygraphy_io import (
     REFERENCE_RUNNER,
+    as_results,
     load_polygraphy_inputs,
     load_polygraphy_outputs,
     polygraphy_command,
@@ -53,7 +55,7 @@ from edge_biformer.check.tolerances import TOLERANCES
 from edge_biformer.engine.options import BatchProfile
 from edge_biformer.engine.stage import PLUGIN_LIBRARY_NAME
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.onnx_io import load_model
+from edge_biformer.onnx_io import INPUT_NAME, load_model
 from edge_biformer.stages import PRECISIONS, artifact_name
 from edge_biformer.utils import atomic_output, log, require_writable_dir, stage
 
@@ -128,16 +130,34 @@ def targets_from_manifest(outdir: Path, manifest: dict[str, Any]) -> list[Target
     targets.append(
         Target(f"{prec} engine (tensorrt)", path_of(outdir, engine), prec, "tensorrt", lib, tensorrt=tensorrt)
     )
-    return targets
+    input_name = (manifest.get("input") or {}).get("name") or INPUT_NAME
+    static = bool((manifest.get("profile") or {}).get("static"))
+    return [
+        replace(t, input_name=input_name, profile_shapes=None if static else t.profile_shapes)
+        for t in targets
+    ]
 
 
 def _result(
-    target: Target, status: str, scale: float, inputs_json: str, reference_json: str, **fields: Any
+    target: Target,
+    status: str,
+    scale: float | dict[str, float],
+    inputs_json: str,
+    reference_json: str,
+    **fields: Any,
 ) -> TargetResult:
-    """A row of the report, with the tolerance of the target's precision and its Polygraphy command."""
+    """A row of the report, with the tolerance of the target's precision and its Polygraphy command.
+
+    ``scale``: ``max |reference|`` of the one output, or per output name (each gets its own atol).
+    """
     tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
     assert tol.rtol is not None and tol.error_stat is not None
-    atol = tol.atol(scale)
+    if isinstance(scale, dict) and len(scale) > 1:
+        atols: float | dict[str, float] = {name: tol.atol(s) for name, s in scale.items()}
+        atol = max(atols.values())  # type: ignore[union-attr]
+    else:
+        atol = tol.atol(next(iter(scale.values())) if isinstance(scale, dict) else scale)
+        atols = atol
     return TargetResult(
         name=target.name,
         path=target.path,
@@ -147,15 +167,26 @@ def _result(
         atol=atol,
         rtol=tol.rtol,
         check_error_stat=tol.error_stat,
-        command=polygraphy_command(target, inputs_json, reference_json, atol, tol.rtol, tol.error_stat),
+        command=polygraphy_command(target, inputs_json, reference_json, atols, tol.rtol, tol.error_stat),
         **fields,
     )
 
 
+def output_scales(reference: Sequence[Any]) -> dict[str, float]:
+    """``max |reference|`` per output name (float outputs; integer outputs get 1)."""
+    results = as_results(reference)
+    scales: dict[str, float] = {}
+    for name in results[0] if results else ():
+        values = [np.asarray(r[name]) for r in results]
+        floats = [v for v in values if np.issubdtype(v.dtype, np.floating) and v.size]
+        scales[name] = max((float(np.abs(v).max()) for v in floats), default=1.0)
+    return scales
+
+
 def judge(
     target: Target,
-    reference: Sequence[np.ndarray],
-    outputs: Sequence[np.ndarray],
+    reference: Sequence[Any],
+    outputs: Sequence[Any],
     *,
     labels: np.ndarray | None,
     reference_accuracy: float | None,
@@ -165,38 +196,74 @@ def judge(
 ) -> TargetResult:
     """Judge ``outputs`` of ``target`` against ``reference`` with the tolerance of its precision.
 
+    ``reference``/``outputs``: per batch, an array (the one output) or ``{output name: array}``. Each
+    output is judged alone with the precision's entry, with its own range: rank-2 ``[N, classes]``
+    outputs by every rule (cosine, top-1/top-5 agreement, accuracy with ``labels``: the first such
+    output), dense outputs (feature maps, detection heads) by the error and per-sample cosine rules.
     ``judge_decisions=False`` (random weights): the class-agreement rules are reported, not judged.
     """
     tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
-    c = compare(
-        outputs, reference, tol, labels=labels, reference_accuracy=reference_accuracy,
-        judge_decisions=judge_decisions,
-    )  # fmt: skip
+    ref, out = as_results(reference), as_results(outputs)
+    names = list(ref[0]) if ref else []
+    classifier = next((n for n in names if np.asarray(ref[0][n]).ndim == 2), None)
+    per_output: dict[str, dict[str, Any]] = {}
+    comparisons = {}
+    for name in names:
+        expected = [r[name] for r in ref]
+        if any(name not in o for o in out):
+            actual_names = sorted(out[0]) if out else []
+            c = compare(expected, expected, tol)
+            c.fail(f"the artifact has no output '{name}' (it has {', '.join(actual_names) or 'none'})")
+        else:
+            c = compare(
+                [o[name] for o in out], expected, tol,
+                labels=labels if name == classifier else None,
+                reference_accuracy=reference_accuracy if name == classifier else None,
+                judge_decisions=judge_decisions,
+            )  # fmt: skip
+        comparisons[name] = c
+        per_output[name] = {
+            "kind": "classifier" if c.top1_agreement is not None else "dense",
+            "passed": c.passed,
+            "max_abs_diff": c.max_abs_diff,
+            "max_rel_diff": c.max_rel_diff,
+            "mean_abs_diff": c.mean_abs_diff,
+            "min_cosine": c.min_cosine,
+            "top1_agreement": c.top1_agreement,
+            "scale": c.expected_scale,
+        }
+    several = len(names) > 1
+    main = comparisons[classifier] if classifier is not None else next(iter(comparisons.values()))
     result = _result(
         target,
         "pass",
-        c.expected_scale,
+        {n: c.expected_scale for n, c in comparisons.items()},
         inputs_json,
         reference_json,
-        max_abs_diff=c.max_abs_diff,
-        mean_abs_diff=c.mean_abs_diff,
-        max_rel_diff=c.max_rel_diff,
-        min_cosine=_number(c.min_cosine),
-        mean_cosine=_number(c.mean_cosine),
-        top1_agreement=_number(c.top1_agreement),
-        top5_agreement=_number(c.top5_agreement),
-        top1_accuracy=c.top1_accuracy,
-    )
+        max_abs_diff=max(c.max_abs_diff for c in comparisons.values()),
+        mean_abs_diff=max(c.mean_abs_diff for c in comparisons.values()),
+        max_rel_diff=max(c.max_rel_diff for c in comparisons.values()),
+        min_cosine=_number(min((c.min_cosine for c in comparisons.values() if c.min_cosine is not None),
+                               default=None)),
+        mean_cosine=_number(main.mean_cosine),
+        top1_agreement=_number(main.top1_agreement),
+        top5_agreement=_number(main.top5_agreement),
+        top1_accuracy=main.top1_accuracy,
+        outputs=per_output if several or classifier is None else {},
+    )  # fmt: skip
+    atols = {n: tol.atol(c.expected_scale) for n, c in comparisons.items()}
     result.polygraphy_pass = polygraphy_compare(
-        reference, outputs, result.atol, result.rtol, result.check_error_stat
+        ref, out, atols if several else result.atol, result.rtol, result.check_error_stat
     )
     if not result.polygraphy_pass:
         result.failures.append(
             f"polygraphy ({result.check_error_stat}, atol {result.atol:g}, rtol {result.rtol:g}): max abs "
             f"diff {result.max_abs_diff:.3g}, mean abs diff {result.mean_abs_diff:.3g}"
         )
-    result.failures += c.failures
-    result.notes += c.notes
+    for name, c in comparisons.items():
+        prefix = f"output '{name}': " if several else ""
+        result.failures += [prefix + f for f in c.failures]
+        result.notes += [prefix + n for n in c.notes if prefix + n not in result.notes]
     if result.failures:
         result.status = "fail"
         if result.polygraphy_pass:
@@ -218,7 +285,7 @@ def _slug(name: str) -> str:
 def compare_targets(
     targets: Sequence[Target],
     batches: Sequence[np.ndarray],
-    reference: Sequence[np.ndarray],
+    reference: Sequence[Any],
     outdir: str | os.PathLike[str],
     *,
     labels: np.ndarray | None = None,
@@ -242,11 +309,18 @@ def compare_targets(
     check_dir = outdir / "check"
     inputs_json, reference_json = str(check_dir / "inputs.json"), str(check_dir / "reference.json")
     start = time.perf_counter()
+    reference = as_results(reference)
     _keep_replaced(check_dir, batches, reference)
-    save_polygraphy_inputs(batches, inputs_json)
+    input_name = targets[0].input_name if targets else INPUT_NAME
+    save_polygraphy_inputs(batches, inputs_json, input_name)
     save_polygraphy_outputs(reference, reference_json, runner)
-    ref_all = np.concatenate(reference)
-    ref_accuracy = float((ref_all.argmax(1) == labels).mean()) if labels is not None else None
+    scales = output_scales(reference)
+    names = list(scales)
+    classifier = next((n for n in names if reference[0][n].ndim == 2), None)
+    ref_all = np.concatenate([r[classifier if classifier is not None else names[0]] for r in reference])
+    ref_accuracy = (
+        float((ref_all.argmax(1) == labels).mean()) if labels is not None and classifier is not None else None
+    )
     reference_info = {
         "runner": runner,
         "description": description,
@@ -255,7 +329,8 @@ def compare_targets(
         "inputs_json": inputs_json,
         "reference_json": reference_json,
         "top1_accuracy": ref_accuracy,
-        "logit_scale": float(np.abs(ref_all).max()),
+        "logit_scale": scales[classifier if classifier is not None else names[0]],
+        "outputs": {n: {"shape": list(reference[0][n].shape[1:]), "scale": v} for n, v in scales.items()},
         "data": data_summary or {},
         "calibration": calibration,
         "random_weights": not judge_decisions,
@@ -269,15 +344,13 @@ def compare_targets(
         t0 = time.perf_counter()
         broken = _unreadable(target)
         if broken is not None:  # a truncated or foreign file fails its row, the others are still checked
-            scale = reference_info["logit_scale"]
-            results.append(_result(target, "fail", scale, inputs_json, reference_json, failures=[broken]))
+            results.append(_result(target, "fail", scales, inputs_json, reference_json, failures=[broken]))
             log(f"check {target.name}: FAIL ({broken})")
             continue
         try:
             outputs = run_target(target, batches)
         except Skip as skip:
-            scale = reference_info["logit_scale"]
-            results.append(_result(target, "skipped", scale, inputs_json, reference_json, reason=str(skip)))
+            results.append(_result(target, "skipped", scales, inputs_json, reference_json, reason=str(skip)))
             log(f"check {target.name}: skipped ({skip})")
             continue
         result = judge(
@@ -389,7 +462,17 @@ def check_batches(data: Any, profile: BatchProfile, limit: int) -> tuple[list[np
     return batches, labels
 
 
-def _keep_replaced(check_dir: Path, batches: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> None:
+def _same(a: Any, b: Any) -> bool:
+    """Equal arrays, or equal ``{name: array}`` results."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (
+            isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b)
+            and all(np.array_equal(a[k], b[k]) for k in a)
+        )  # fmt: skip
+    return np.array_equal(a, b)
+
+
+def _keep_replaced(check_dir: Path, batches: Sequence[np.ndarray], reference: Sequence[Any]) -> None:
     """Before other inputs or another reference replace the saved ones, keep those aside (each alone)."""
     kept = []
     for path, new, load in (
@@ -400,7 +483,7 @@ def _keep_replaced(check_dir: Path, batches: Sequence[np.ndarray], reference: Se
             continue
         try:
             old = load(path)
-            same = len(old) == len(new) and all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+            same = len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
         except Exception:  # an unreadable saved file is kept too
             same = False
         if not same:
@@ -415,14 +498,24 @@ def _saved_inputs(check_dir: Path) -> tuple[list[np.ndarray], np.ndarray | None]
     return batches, (np.load(labels_file) if labels_file.is_file() else None)
 
 
-def _check_data(options: CheckOptions, profile: BatchProfile, img_size: tuple[int, ...]) -> Any:
+def _with_recipe(spec: DataSpec, manifest: dict[str, Any], profile: BatchProfile) -> DataSpec:
+    """A data spec with the preprocessing the build recorded and the graph's channel count."""
+    return replace(
+        spec, preprocess=spec.preprocess or preprocess_from_manifest(manifest), channels=profile.channels
+    )
+
+
+def _check_data(
+    options: CheckOptions, profile: BatchProfile, img_size: tuple[int, ...], manifest: dict[str, Any]
+) -> Any:
     """The check inputs: the given data, else the built-in demo photographs, else seeded noise."""
     if options.data is not None:
         return options.data
     from edge_biformer.calib import DEMO_SOURCE, CalibrationDataError, DataSpec, synthetic
 
     try:
-        data = load_data(DataSpec(DEMO_SOURCE), img_size, "check data", batch_size=profile.opt)
+        spec = _with_recipe(DataSpec(DEMO_SOURCE), manifest, profile)
+        data = load_data(spec, img_size, "check data", batch_size=profile.opt)
     except CalibrationDataError as err:
         log(f"check: the built-in demo photographs are not available ({err})")
     else:
@@ -435,7 +528,9 @@ def _check_data(options: CheckOptions, profile: BatchProfile, img_size: tuple[in
         "check: no --check-data/--eval-data given, using seeded random inputs (agreement numbers on "
         "noise are weaker evidence than on real images; INT8 in particular is calibrated for images)"
     )
-    return synthetic(min(options.num, 2 * profile.opt), img_size, batch_size=profile.opt)
+    return synthetic(
+        min(options.num, 2 * profile.opt), img_size, batch_size=profile.opt, channels=profile.channels
+    )
 
 
 def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckReport:
@@ -451,7 +546,7 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     own = manifest is None
     manifest = read_build_manifest(outdir) if manifest is None else manifest
     require_writable_dir(outdir, "the build directory")
-    profile = BatchProfile(**{k: manifest["profile"][k] for k in ("min", "opt", "max")})
+    profile = BatchProfile.from_manifest(manifest["profile"])
     img_size = tuple(manifest["img_size"])
     targets = [
         t for t in targets_from_manifest(outdir, manifest) if t.kind == "tensorrt" or Path(t.path).is_file()
@@ -459,15 +554,14 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
     check_dir = outdir / "check"
     saved = (check_dir / "inputs.json").is_file() and (check_dir / "reference.json").is_file()
     if isinstance(options.data, DataSpec):
-        options = replace(
-            options, data=load_data(options.data, img_size, "check data", batch_size=profile.opt)
-        )
+        spec = _with_recipe(options.data, manifest, profile)
+        options = replace(options, data=load_data(spec, img_size, "check data", batch_size=profile.opt))
     previous = manifest.get("check") or {}
     if saved and options.data is None and options.model is None and not options.recompute:
         # `check OUTDIR`: the target GPU needs neither the weights nor a run of the reference.
         batches, labels = _saved_inputs(check_dir)
         reference = load_polygraphy_outputs(check_dir / "reference.json")
-        if [r.shape[0] for r in reference] != [b.shape[0] for b in batches]:
+        if [len(next(iter(r.values()))) for r in reference] != [b.shape[0] for b in batches]:
             raise EdgeBiformerError(
                 "check/reference.json does not match check/inputs.json; rerun with --recompute"
             )
@@ -489,7 +583,7 @@ def run(options: CheckOptions, manifest: dict[str, Any] | None = None) -> CheckR
             summary = {**(manifest.get("check_data") or {}), "inputs": str(check_dir / "inputs.json")}
             summary["reference"] = "recomputed"
         else:
-            data = _check_data(options, profile, img_size)
+            data = _check_data(options, profile, img_size, manifest)
             batches, labels = check_batches(data, profile, options.num)
             summary = data.summary()
             manifest["check_data"] = summary

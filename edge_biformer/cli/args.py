@@ -26,6 +26,7 @@ __all__ = [
     "ExportArgs",
     "ImageSizeArgs",
     "ModelArgs",
+    "PreprocessArgs",
     "RewriteArgs",
     "add_groups",
     "parse_img_size",
@@ -271,8 +272,9 @@ class CalibArgs(ArgGroup):
         if not args.calib_data:
             return None
         return DataSpec(
-            args.calib_data, args.calib_num, args.calib_fraction, args.calib_seed, args.calib_batch
-        )
+            args.calib_data, args.calib_num, args.calib_fraction, args.calib_seed, args.calib_batch,
+            preprocess=PreprocessArgs.recipe(args),
+        )  # fmt: skip
 
     def options(self, args: argparse.Namespace, precision: str, **paths: Any) -> Any:
         """The :class:`edge_biformer.quantize.QuantizeOptions` of these options."""
@@ -289,6 +291,53 @@ class CalibArgs(ArgGroup):
             img_size=getattr(args, "img_size", None),
             **paths,
         )
+
+
+def _floats(text: str) -> list[float]:
+    """An argparse type: ``0.485,0.456,0.406`` (or one value for every channel)."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+class PreprocessArgs(ArgGroup):
+    """How images become input tensors (calibration, check, predict): a preset and its overrides."""
+
+    title = "preprocessing (images -> input tensors)"
+
+    def add_to(self, group: argparse._ArgumentGroup) -> None:
+        from edge_biformer.calib.preprocess import PRESETS, RESIZE_MODES
+
+        group.add_argument(
+            "--preprocess",
+            choices=tuple(PRESETS),
+            help="recipe: "
+            + "; ".join(p.describe() for p in PRESETS.values())
+            + " (default: the one the graph's manifest records, else imagenet)",
+        )
+        group.add_argument("--resize", choices=RESIZE_MODES, help="override the preset's resize mode")
+        group.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="override the mean (0-1 scale)")
+        group.add_argument("--std", type=_floats, metavar="S[,S,S]", help="override the std (0-1 scale)")
+        group.add_argument(
+            "--channel-order", choices=("rgb", "bgr"), help="override the preset's channel order"
+        )
+
+    @staticmethod
+    def recipe(args: argparse.Namespace) -> Any:
+        """The :class:`edge_biformer.calib.preprocess.Preprocess` asked for, or ``None`` (not asked)."""
+        from edge_biformer.calib.preprocess import preset
+
+        overrides = {
+            "resize": getattr(args, "resize", None),
+            "mean": getattr(args, "mean", None),
+            "std": getattr(args, "std", None),
+            "channel_order": getattr(args, "channel_order", None),
+        }
+        name = getattr(args, "preprocess", None)
+        if name is None and all(v is None for v in overrides.values()):
+            return None
+        return preset(name or "imagenet", **overrides)
 
 
 def _fraction(text: str) -> float:

@@ -12,6 +12,7 @@ from edge_biformer.cli.args import (
     ExportArgs,
     ImageSizeArgs,
     ModelArgs,
+    PreprocessArgs,
     add_groups,
 )
 from edge_biformer.errors import EdgeBiformerError
@@ -23,6 +24,7 @@ GROUPS = (
     ImageSizeArgs(help="input size (default: the graph's, else 224)"),
     ExportArgs(full=False),
     CalibArgs(),
+    PreprocessArgs(),
     EngineArgs(),
     CheckDataArgs(),
 )
@@ -42,10 +44,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument(
+        "--onnx",
         "--from-onnx",
+        dest="from_onnx",
         metavar="PATH",
-        help="start from an existing ONNX: a plain export, a quantized graph, or a rewritten plugin graph "
-        "(then only the engine and the check run)",
+        help="start from an ONNX graph: any graph with one image input N x C x H x W (a detector, a "
+        "segmenter, a backbone of your own, with or without BRA; its outputs, names and static dims are "
+        "read from the graph, its FP32 self in onnxruntime is the check's reference), our plain export, "
+        "a quantized graph, or a rewritten plugin graph (then only the engine and the check run)",
     )
     parser.add_argument("--precision", choices=tuple(PRECISIONS), required=True)
     add_groups(parser, GROUPS)
@@ -64,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from edge_biformer.rewrite import RewriteOptions
 
     if not args.model and not args.from_onnx:
-        raise EdgeBiformerError("build needs --model NAME (with --weights PATH) or --from-onnx PATH")
+        raise EdgeBiformerError("build needs --model NAME (with --weights PATH) or --onnx PATH")
     if args.model and args.from_onnx:
-        raise EdgeBiformerError("give either --model or --from-onnx, not both")
+        raise EdgeBiformerError("give either --model or --onnx/--from-onnx, not both")
     output = Path(args.output)
     options = pipeline.BuildOptions(
         precision=args.precision,
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         quantize=CalibArgs().options(args, args.precision),
         rewrite=None if args.no_rewrite else RewriteOptions(),
         check=None if args.no_check else CheckDataArgs.options(args, output),
+        preprocess=PreprocessArgs.recipe(args),
     )
     result = pipeline.run(options)
     log(f"manifest -> {result.manifest_path}")

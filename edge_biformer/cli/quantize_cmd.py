@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_biformer.cli.args import CalibArgs, ImageSizeArgs, add_groups
+from edge_biformer.cli.args import CalibArgs, ImageSizeArgs, PreprocessArgs, add_groups
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import check_onnx_output, log
 
-GROUPS = (ImageSizeArgs(help="calibration image size, only for graphs with a dynamic H/W"), CalibArgs())
+GROUPS = (
+    ImageSizeArgs(help="calibration image size, only for graphs with a dynamic H/W"),
+    CalibArgs(),
+    PreprocessArgs(),
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

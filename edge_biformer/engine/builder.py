@@ -188,10 +188,11 @@ def build_engine(
         config.builder_optimization_level = options.opt_level  # TensorRT >= 8.6
     if options.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
-    profile = builder.create_optimization_profile()
-    shapes = options.batch.shapes(options.img_size)
-    profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
+    if not options.batch.static:  # a static graph takes no profile
+        profile = builder.create_optimization_profile()
+        shapes = options.batch.shapes(options.img_size)
+        profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
     notes: list[str] = []
     if options.opt_level is not None and not hasattr(config, "builder_optimization_level"):
         notes.append(f"--opt-level ignored: TensorRT {trt.__version__} has no builder optimization level")

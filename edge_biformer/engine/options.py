@@ -38,11 +38,19 @@ CALIBRATOR_ONLY = "TensorRT < 10.1 only"
 
 @dataclass
 class BatchProfile:
-    """One optimisation profile over the batch dimension."""
+    """One optimisation profile over the batch dimension of the graph's image input.
+
+    ``input_name`` and ``channels`` are the input's (:func:`edge_biformer.onnx_io.graph_interface`);
+    ``static``: the graph fixes every input dim (its batch too), so TensorRT takes no profile and
+    trtexec no ``--minShapes`` (it refuses shapes for a static input).
+    """
 
     min: int
     opt: int
     max: int
+    input_name: str = INPUT_NAME
+    channels: int = 3
+    static: bool = False
 
     @classmethod
     def parse(cls, text: str) -> BatchProfile:
@@ -57,15 +65,24 @@ class BatchProfile:
             raise EdgeBiformerError(f"--batch expects 1 <= MIN <= OPT <= MAX (e.g. 1,8,32), got {text!r}")
         return cls(*values)
 
+    @classmethod
+    def from_manifest(cls, record: dict[str, Any]) -> BatchProfile:
+        """The profile a manifest's ``profile`` record describes (older records: ``input``, 3 channels)."""
+        fields = ("min", "opt", "max", "input_name", "channels", "static")
+        return cls(**{k: record[k] for k in fields if k in record})
+
     def shapes(self, img_size: tuple[int, int]) -> dict[str, list[int]]:
         """Input shapes of the profile."""
         h, w = img_size
-        return {k: [getattr(self, k), 3, h, w] for k in ("min", "opt", "max")}
+        return {k: [getattr(self, k), self.channels, h, w] for k in ("min", "opt", "max")}
 
     def trtexec_args(self, img_size: tuple[int, int]) -> list[str]:
-        """``--minShapes/--optShapes/--maxShapes`` for trtexec."""
+        """``--minShapes/--optShapes/--maxShapes`` for trtexec (none for a static graph)."""
+        if self.static:
+            return []
         s = self.shapes(img_size)
-        return [f"--{k}Shapes={INPUT_NAME}:{'x'.join(map(str, s[k]))}" for k in ("min", "opt", "max")]
+        name = self.input_name
+        return [f"--{k}Shapes={name}:{'x'.join(map(str, s[k]))}" for k in ("min", "opt", "max")]
 
 
 @dataclass

@@ -14,6 +14,16 @@ blocks), so that routing sees FP16 activations only. Measured on the trained red
 (docs/routing.md): INT8 with ``path`` routes 95.5-97.5 % of query regions as FP32 does, because
 the INT8 error of everything upstream moves near-tied routing logits, not the routing path
 itself; ``inputs`` routes 100 % identically at the cost of INT8 in the routed stages.
+
+Dense outputs (detection heads, segmentation maps, feature maps: any graph output that is not a
+rank-2 ``[N, classes]`` classifier output) add two rules, for graphs of one's own
+(``build --onnx``): the **output heads** (the last weighted op on each path to such an output: a
+detector's box/class convs, a segmenter's final classifier conv) stay out of INT8, since their
+rounding lands directly in box coordinates and per-pixel scores; and the **output tail** (every op
+after the last weighted op: a detection head's decode with its grids and strides, sigmoid, concat,
+an upsampling to the input size) stays FP32 under the FP16 conversion, because box coordinates of
+hundreds of pixels lose whole fractions of a pixel in FP16. A classifier's head is judged by its
+top-1 and keeps INT8.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ __all__ = [
     "exclude_patterns",
     "fp32_nodes_after",
     "node_policy",
+    "output_tail",
     "routing_nodes",
 ]
 
@@ -53,6 +64,8 @@ class NodePolicy:
     routing: list[str] = field(default_factory=list)
     routing_protection: str = "path"
     routing_inputs: list[str] = field(default_factory=list)  # kept out of INT8 by ``inputs``
+    output_heads: list[str] = field(default_factory=list)  # dense outputs' last weighted ops
+    output_tail: list[str] = field(default_factory=list)  # after them: FP32 under the FP16 conversion
 
     def describe(self) -> dict[str, object]:
         """What the manifest and the report record about the policy."""
@@ -62,6 +75,8 @@ class NodePolicy:
             "routing_protection": self.routing_protection,
             "routing_inputs_high_precision": len(self.routing_inputs),
             "excluded_by_user": len(self.excluded_by_user),
+            "output_heads_high_precision": len(self.output_heads),
+            "output_tail_fp32": len(self.output_tail),
         }
 
 
@@ -152,6 +167,7 @@ def node_policy(
         if routing_protection == "inputs"
         else set()
     )
+    heads, tail = output_tail(model, constants)
     protected: list[str] = []
     int8: list[str] = []
     attention: list[str] = []
@@ -167,11 +183,15 @@ def node_policy(
         if node.name in upstream:
             protected.append(node.name)
             continue
+        if node.name in heads:
+            continue
         if any(p.search(node.name) for p in patterns):
             user.append(node.name)
             continue
         int8.append(node.name)
-    fp32 = [n.name for n in graph.node if n.op_type in FP32_OP_TYPES or n.name in routing_set]
+    fp32 = [
+        n.name for n in graph.node if n.op_type in FP32_OP_TYPES or n.name in routing_set or n.name in tail
+    ]
     return NodePolicy(
         int8=int8,
         fp32=sorted(set(fp32)),
@@ -180,7 +200,43 @@ def node_policy(
         routing=routing,
         routing_protection=routing_protection,
         routing_inputs=protected,
+        output_heads=sorted(heads),
+        output_tail=sorted(tail),
     )
+
+
+def _weighted(node: onnx.NodeProto, constants: set[str]) -> bool:
+    return node.op_type in ("Conv", "Gemm", "ConvTranspose") or (
+        node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in constants
+    )
+
+
+def output_tail(model: onnx.ModelProto, constants: set[str] | None = None) -> tuple[set[str], set[str]]:
+    """The output heads and tail of a graph's dense outputs (module docstring): ``(heads, tail)``.
+
+    Walking back from each dense output (rank != 2), the tail is every node reached before a
+    weighted node, the heads are the weighted nodes where the walk stops. Classifier outputs have
+    neither.
+    """
+    graph = model.graph
+    constants = _constant_names(graph) if constants is None else constants
+    producers = _producers(graph)
+    heads: set[str] = set()
+    tail: set[str] = set()
+    dense = [o.name for o in graph.output if len(o.type.tensor_type.shape.dim) != 2]
+    stack = [producers[name] for name in dense if name in producers]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if _weighted(node, constants):
+            heads.add(node.name)
+            continue
+        tail.add(node.name)
+        stack += [producers[i] for i in node.input if i in producers]
+    return heads, tail
 
 
 def fp32_nodes_after(model: onnx.ModelProto, policy: NodePolicy) -> list[str]:

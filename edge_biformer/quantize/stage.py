@@ -7,7 +7,7 @@ line and writes the graph's side-car manifest.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import onnx
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
 from edge_biformer.calib.demo import default_calibration
-from edge_biformer.onnx_io import image_size, save_model
+from edge_biformer.onnx_io import graph_interface, image_size, save_model
 from edge_biformer.quantize.fp16 import quantize_fp16
 from edge_biformer.quantize.int8 import quantize_int8
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult
@@ -74,7 +74,11 @@ def run(options: QuantizeOptions) -> QuantizeResult:
                 raise QuantizationError(
                     f"{source} has a dynamic H/W input: pass --img-size for the calibration images"
                 )
-            calib = load_data(calib, size, "calibration data")
+            iface = graph_interface(source, error=QuantizationError)
+            recipe = calib.preprocess or _recorded_preprocess(source)
+            calib = load_data(
+                replace(calib, preprocess=recipe, channels=iface.channels), size, "calibration data"
+            )
         cache = Path(options.cache) if options.cache else output.with_suffix(".calib.cache")
         with stage(f"quantize int8 ({options.method})") as st:
             result = quantize_int8(
@@ -108,3 +112,12 @@ def run(options: QuantizeOptions) -> QuantizeResult:
     save_model(onnx.load(str(output)), output, provenance=manifests.provenance(record))
     manifests.write_manifest(manifests.manifest_path(output), record)
     return result
+
+
+def _recorded_preprocess(source: Path) -> Any:
+    """The preprocessing recorded in the source graph's manifest chain (``None``: the default)."""
+    from edge_biformer import manifest as manifests
+    from edge_biformer.calib.preprocess import preprocess_from_manifest
+
+    chain = manifests.sources({"source": manifests.source_record(source)})
+    return next((r for r in (preprocess_from_manifest(c.get("manifest")) for c in chain) if r), None)

@@ -100,7 +100,8 @@ def test_polygraphy_json_roundtrip(tmp_path: Path) -> None:
     assert [f["input"].shape for f in feeds] == [(2, 3, 4, 4), (1, 3, 4, 4)]
     back = load_polygraphy_outputs(tmp_path / "reference.json")
     for a, b in zip(back, outputs, strict=True):
-        np.testing.assert_array_equal(a, b)
+        assert list(a) == ["logits"]
+        np.testing.assert_array_equal(a["logits"], b)
 
 
 def test_report_files_are_standard_json_and_markdown(tmp_path: Path) -> None:
@@ -123,3 +124,30 @@ def test_report_files_are_standard_json_and_markdown(tmp_path: Path) -> None:
     assert "**PASS**" in md and "## Not run here" in md and "no TensorRT" in md
     for p in PRECISIONS.values():
         assert f"| {p.name} |" in md
+
+
+def test_several_outputs_are_judged_each_at_its_own_range() -> None:
+    """A detector's boxes (hundreds of pixels) and scores (0-1): an error in the scores alone fails them,
+    named, although it is tiny against the boxes' range; a classifier output keeps its agreement rules."""
+    rng = np.random.default_rng(0)
+    ref = [{"boxes": rng.uniform(0, 640, (2, 4, 50)).astype(np.float32),
+            "scores": rng.uniform(0, 1, (2, 5, 50)).astype(np.float32)} for _ in range(3)]  # fmt: skip
+    same = [{k: v.copy() for k, v in r.items()} for r in ref]
+    target = Target("t", "m.onnx", "fp32", "onnxrt", input_name="images")
+    args = {"labels": None, "reference_accuracy": None, "inputs_json": "i.json", "reference_json": "r.json"}
+    ok = judge(target, ref, same, **args)
+    assert ok.status == "pass" and set(ok.outputs) == {"boxes", "scores"}
+    assert "--atol boxes:" in ok.command and " scores:" in ok.command
+    bad = [{"boxes": r["boxes"], "scores": r["scores"] + 0.05} for r in ref]
+    c = judge(target, ref, bad, **args)
+    assert c.status == "fail" and not c.outputs["scores"]["passed"] and c.outputs["boxes"]["passed"]
+    assert any(f.startswith("output 'scores': min cosine") for f in c.failures)
+    assert not any(f.startswith("output 'boxes'") for f in c.failures)
+    missing = judge(target, ref, [{"boxes": r["boxes"]} for r in ref], **args)
+    assert any("the artifact has no output 'scores'" in f for f in missing.failures)
+    logits = _logits()
+    mixed_ref = [{"logits": logits[:32], "feat": np.ones((32, 8, 4, 4), np.float32)}]
+    flipped = [{"logits": -logits[:32], "feat": np.ones((32, 8, 4, 4), np.float32)}]
+    c = judge(target, mixed_ref, flipped, **args)
+    assert c.outputs["logits"]["kind"] == "classifier" and c.outputs["feat"]["kind"] == "dense"
+    assert any(f.startswith("output 'logits': ") and "top-1 agreement" in f for f in c.failures)

@@ -74,7 +74,7 @@ def test_build_and_run_fp32_engine(tmp_path: Path) -> None:
 
     x = np.random.default_rng(0).standard_normal((2, 3, 48, 48)).astype(np.float32)
     ref = ort.InferenceSession(str(onnx_path)).run(None, {"input": x})[0]
-    out = run_target(Target("engine", result.path, "fp32", "tensorrt"), [x])[0]
+    out = run_target(Target("engine", result.path, "fp32", "tensorrt"), [x])[0]["logits"]
     assert_close(out, ref, max_abs=1e-4 * np.abs(ref).max() + 1e-5)
     again = engine.build_engine(onnx_path, tmp_path / "m2.engine", opts)
     assert "timing cache reused" in again.notes
