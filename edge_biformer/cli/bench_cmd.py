@@ -105,6 +105,15 @@ class Runner:
     skipped: str | None = None
     close: Callable[[], None] = field(default=lambda: None)
     img_size: tuple[int, int] | None = None
+    batches: tuple[int, int] | None = None  # (min, max) batch it accepts; None: any
+
+    def refuses(self, batch: int) -> str | None:
+        """Why this runner cannot run ``batch`` (a static-batch graph, an engine profile), else ``None``."""
+        if self.batches is None or self.batches[0] <= batch <= self.batches[1]:
+            return None
+        lo, hi = self.batches
+        what = f"a static batch of {lo}" if lo == hi else f"batches {lo}..{hi} (its profile)"
+        return f"it takes {what}, not {batch}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -156,12 +165,14 @@ def _onnx_runner(path: Path, name: str | None = None, threads: int | None = None
     if threads:
         options.intra_op_num_threads = threads
     session = cpu_session(path, sess_options=options)
-    input_name = session.get_inputs()[0].name
+    first = session.get_inputs()[0]
+    input_name, batch = first.name, first.shape[0]
     kind = "cpu_session" if type(session).__name__ == "CpuSession" else "onnxruntime cpu"
     return Runner(
         name or f"{kind}: {path.name}",
         graph_precision(path),
         run=lambda x: session.run(None, {input_name: x})[0],
+        batches=(batch, batch) if isinstance(batch, int) else None,
     )
 
 
@@ -175,7 +186,7 @@ def _engine_runner(path: Path, plugin_library: str | None) -> Runner:
         return Runner(f"tensorrt: {path.name}", precision, skipped=str(err))
     return Runner(
         f"tensorrt: {path.name}", precision, run=engine.run, gpu=engine.time_compute, close=engine.close,
-        img_size=engine.image_size,
+        img_size=engine.image_size, batches=(int(engine.profile[0][0]), engine.max_batch),
     )  # fmt: skip
 
 
@@ -233,6 +244,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "versions": {k: v for k, v in tool_versions().items() if v},
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -249,9 +261,9 @@ def markdown(rows: list[Row], info: dict[str, Any]) -> str:
         f"{k} {v}" for k, v in info["versions"].items() if k in ("torch", "onnxruntime", "tensorrt")
     )
     lines = [
-        f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores), Python {info['python']}, "
-        f"{versions}. "
-        f"{info.get('setup', '')}".rstrip(),
+        f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores"
+        + (f", load average {info['load_average_1min']} at the end" if info.get("load_average_1min") else "")
+        + f"), Python {info['python']}, {versions}. {info.get('setup', '')}".rstrip(),
         "",
         "| runtime | precision | batch | mean ms | p50 ms | p90 ms | p99 ms | images/s | GPU compute ms |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -314,8 +326,9 @@ def run(args: argparse.Namespace) -> int:
         inputs = {b: _inputs(img_size, b) for b in args.batch}
         for runner in runners:
             for b in args.batch:
-                if runner.skipped is not None:
-                    rows.append(Row(runner.name, b, runner.precision, skipped=runner.skipped))
+                refused = runner.skipped or runner.refuses(b)
+                if refused is not None:
+                    rows.append(Row(runner.name, b, runner.precision, skipped=refused))
                     continue
                 try:
                     row = time_runner(runner, inputs[b], args.warmup, args.iters, args.duration)
@@ -339,9 +352,8 @@ def run(args: argparse.Namespace) -> int:
     )
     table = markdown(rows, info)
     print(table, end="")
-    for r in rows:
-        if r.skipped is not None and r.batch == args.batch[0]:
-            log(f"skipped {r.runtime}: {r.skipped}")
+    for name, why in dict.fromkeys((r.runtime, r.skipped) for r in rows if r.skipped is not None):
+        log(f"skipped {name}: {why}")
     if args.markdown:
         with atomic_output(args.markdown, suffix=".md") as tmp_md:
             tmp_md.write_text(table)

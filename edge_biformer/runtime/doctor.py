@@ -49,6 +49,14 @@ class Check:
         return asdict(self)
 
 
+def check_edge_biformer() -> Check:
+    """The package itself: its version and where it is imported from."""
+    import edge_biformer
+
+    where = Path(edge_biformer.__file__).resolve().parent
+    return Check("edge-biformer", PASS, f"{edge_biformer.__version__} ({where})")
+
+
 def check_python(version: tuple[int, int, int] | None = None) -> Check:
     """The Python version against ``requires-python``."""
     v = version or sys.version_info[:3]
@@ -172,19 +180,44 @@ def _cuda_text(v: int | None) -> str:
     return "absent" if v is None else f"{v // 1000}.{(v % 1000) // 10}"
 
 
+def _driver_gpus(lib: Any = None) -> list[tuple[str, tuple[int, int]]]:
+    """``[(name, (major, minor))]`` from the CUDA driver API (``libcuda.so.1``; ``[]`` without a driver)."""
+    try:
+        lib = lib or ctypes.CDLL("libcuda.so.1")
+        if lib.cuInit(0) != 0:
+            return []
+        count = ctypes.c_int()
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return []
+        found = []
+        for i in range(count.value):
+            device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+            name = ctypes.create_string_buffer(256)
+            if lib.cuDeviceGet(ctypes.byref(device), i) != 0:
+                continue
+            lib.cuDeviceGetName(name, 256, device)
+            lib.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # COMPUTE_CAPABILITY_MAJOR
+            lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # COMPUTE_CAPABILITY_MINOR
+            found.append((name.value.decode(errors="replace"), (major.value, minor.value)))
+        return found
+    except (OSError, AttributeError):
+        return []
+
+
 def gpu_info() -> list[tuple[str, tuple[int, int]]]:
-    """``[(name, (major, minor))]`` of the CUDA GPUs torch sees (``[]`` without a driver or CUDA torch)."""
+    """``[(name, (major, minor))]`` of the CUDA GPUs: torch's view where it has CUDA, else the driver's
+    (a CPU build of torch beside TensorRT is common); ``[]`` without a driver."""
     try:
         import torch
 
-        if not torch.cuda.is_available():
-            return []
-        return [
-            (torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i))
-            for i in range(torch.cuda.device_count())
-        ]
+        if torch.cuda.is_available():
+            return [
+                (torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i))
+                for i in range(torch.cuda.device_count())
+            ]
     except Exception:
-        return []
+        pass
+    return _driver_gpus()
 
 
 def check_cuda(
@@ -218,7 +251,9 @@ def check_cuda(
             checks.append(Check("cuda driver", PASS, detail))
     found = gpus()
     if not found:
-        checks.append(Check("gpu", WARN, "no CUDA GPU visible (to torch)", "run on the target GPU machine"))
+        checks.append(
+            Check("gpu", WARN, "no CUDA GPU visible (driver API, torch)", "run on the target GPU machine")
+        )
     for i, (name, (major, minor)) in enumerate(found):
         status = PASS if (major, minor) >= (7, 5) else FAIL
         fix = "" if status == PASS else "the kernels need sm_75 (Turing) or newer"
@@ -366,7 +401,7 @@ def run_checks() -> list[Check]:
     """Every check, in report order."""
     from edge_biformer.engine.tensorrt import tensorrt_version
 
-    checks = [check_python(), *check_packages()]
+    checks = [check_edge_biformer(), check_python(), *check_packages()]
     trt = tensorrt_version()
     checks.append(check_tensorrt())
     checks += check_cuda()

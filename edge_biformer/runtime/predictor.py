@@ -12,10 +12,11 @@
   an ``.onnx`` in onnxruntime on the CPU through :func:`~edge_biformer.runtime.cpu.cpu_session`, which
   also runs rewritten graphs (the plugin op in Python) and FP16/INT8 graphs at the right optimisation
   level.
-* **Preprocessing** (:class:`Preprocessing`): the official evaluation transform
+* **Preprocessing** (:class:`~edge_biformer.runtime.preprocessing.Preprocessing`): what the manifests
+  record, read by :func:`~edge_biformer.runtime.preprocessing.read_preprocessing` (the one reader of
+  that record); without a record, the official evaluation transform our build uses
   (:func:`edge_biformer.calib.preprocess_image`: bicubic resize by ``crop_pct``, center crop, ImageNet
-  mean/std) at the input size the manifests record (the artifact's side-car, the build's
-  ``manifest.json``), else the graph's or engine's static input size.
+  mean/std) at the input size the manifests record, else the graph's or engine's static input size.
 * **Postprocessing** by the model kind: a classifier (an ``N x C`` output, ``num_classes > 0``) gives
   the softmax top-k with names (:func:`~edge_biformer.runtime.labels.resolve_labels`); a backbone
   (``num_classes=0``, or a feature map output) gives its features.
@@ -26,6 +27,7 @@ runtime (onnxruntime sessions are; an :class:`Engine` serialises its runs).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,14 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_biformer.calib.preprocess import (
-    CROP_PCT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    preprocess_image,
-    resize_size,
-)
 from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.runtime.preprocessing import Preprocessing, read_preprocessing
 
 __all__ = [
     "ClassScore",
@@ -83,84 +79,6 @@ def artifact_manifests(path: str | os.PathLike[str]) -> tuple[dict[str, Any], di
     if build.get("kind") != "build":
         build = {}
     return own, build
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The evaluation transform of one image: resize by ``crop_pct`` (bicubic), center crop, normalise."""
-
-    img_size: tuple[int, int] = (224, 224)
-    crop_pct: float = CROP_PCT
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __call__(self, image: Any) -> np.ndarray:
-        """A PIL image (or ``H x W x 3`` uint8 array) -> ``3 x H x W`` float32."""
-        if isinstance(image, np.ndarray):
-            from PIL import Image
-
-            image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-        x = preprocess_image(image, self.img_size, self.crop_pct)
-        if (self.mean, self.std) != (IMAGENET_MEAN, IMAGENET_STD):  # undo ImageNet's, apply these
-            imagenet_m = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-            imagenet_s = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-            raw = x * imagenet_s + imagenet_m
-            x = (raw - np.asarray(self.mean, np.float32)[:, None, None]) / np.asarray(self.std, np.float32)[
-                :, None, None
-            ]
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def describe(self) -> str:
-        """``resize 256 bicubic, center crop 224x224, ImageNet mean/std`` (the manifests' wording)."""
-        norm = "ImageNet mean/std" if (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD) else "mean/std"
-        return (
-            f"resize {resize_size(self.img_size, self.crop_pct)} bicubic, center crop "
-            f"{self.img_size[0]}x{self.img_size[1]}, {norm}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (for a Triton preprocessing model, JSON output)."""
-        return {
-            "img_size": list(self.img_size),
-            "resize": resize_size(self.img_size, self.crop_pct),
-            "crop_pct": self.crop_pct,
-            "interpolation": "bicubic",
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-
-    @classmethod
-    def from_manifests(
-        cls, own: Mapping[str, Any], build: Mapping[str, Any], fallback: tuple[int, int] | None
-    ) -> Preprocessing:
-        """The recipe the manifests record: ``img_size`` of the build, else ``fallback`` (the graph's or
-        engine's static input size), else the export's; an explicit ``preprocessing`` record
-        (``crop_pct``, ``mean``, ``std``) where a manifest has one."""
-        size = build.get("img_size") or fallback or _export_img_size(own)
-        if size is None:
-            raise EdgeBiformerError(
-                "the input size of this model is not recorded (dynamic H/W and no manifest): pass --img-size"
-            )
-        record = build.get("preprocessing") or own.get("preprocessing") or {}
-        kwargs: dict[str, Any] = {}
-        if isinstance(record, Mapping):
-            for key in ("crop_pct", "mean", "std"):
-                if record.get(key) is not None:
-                    kwargs[key] = tuple(record[key]) if key != "crop_pct" else float(record[key])
-        return cls(img_size=(int(size[0]), int(size[1])), **kwargs)
-
-
-def _export_img_size(manifest: Mapping[str, Any]) -> list[int] | None:
-    """The export's input (H, W), found in the manifest or its source chain."""
-    from edge_biformer.manifest import sources
-
-    for m in (manifest, *(r.get("manifest") or {} for r in sources(manifest))):
-        if not isinstance(m, Mapping):
-            continue
-        for value in (m.get("img_size"), (m.get("options") or {}).get("img_size")):
-            if isinstance(value, (list, tuple)) and len(value) == 2:
-                return [int(value[0]), int(value[1])]
-    return None
 
 
 @dataclass(frozen=True)
@@ -288,13 +206,12 @@ class Predictor:
                 "TensorRT .engine (.plan)"
             )
         self.manifest, self.build_manifest = artifact_manifests(self.path)
-        self.preprocessing = Preprocessing.from_manifests(
-            self.manifest, self.build_manifest, self.runtime.image_size
+        self.preprocessing: Preprocessing = read_preprocessing(
+            self.manifest, self.build_manifest, img_size or self.runtime.image_size
         )
         if img_size is not None:
-            p = self.preprocessing
-            self.preprocessing = Preprocessing(
-                (int(img_size[0]), int(img_size[1])), p.crop_pct, p.mean, p.std
+            self.preprocessing = dataclasses.replace(
+                self.preprocessing, img_size=(int(img_size[0]), int(img_size[1]))
             )
         self.top_k = int(top_k)
         limit = getattr(getattr(self.runtime, "engine", None), "max_batch", None)

@@ -64,7 +64,7 @@ def test_preprocessing_recipe_and_manifest_size():
     prep = Preprocessing.from_manifests({}, {"img_size": [48, 48]}, None)
     assert prep.img_size == (48, 48)
     np.testing.assert_array_equal(prep(image), preprocess_image(image, 48))
-    assert prep.to_dict()["resize"] == 54 and prep.describe().startswith("resize 54 bicubic")
+    assert prep.to_dict()["resize_to"] == 54 and prep.describe().startswith("resize 54 bicubic")
     with pytest.raises(EdgeBiformerError, match="pass --img-size"):
         Preprocessing.from_manifests({}, {}, None)
 

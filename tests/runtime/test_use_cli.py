@@ -178,3 +178,47 @@ def test_library_archs_reads_real_cubins(tmp_path):
         subprocess.run(["nvcc", "-cubin", f"-arch=sm_{sm}", "-o", str(cubin), str(source)], check=True)
         blob += cubin.read_bytes()
     assert doctor.library_archs(blob)[0] == {75, 87}
+
+
+def test_doctor_reads_gpus_from_the_driver_without_cuda_torch():
+    """A CPU build of torch beside TensorRT: the GPUs come from the CUDA driver API."""
+
+    names = {0: b"NVIDIA H200", 1: b"Orin"}
+    caps = {0: (9, 0), 1: (8, 7)}
+
+    class FakeDriver:
+        def cuInit(self, flags):
+            return 0
+
+        def cuDeviceGetCount(self, ref):
+            ref._obj.value = 2
+            return 0
+
+        def cuDeviceGet(self, ref, i):
+            ref._obj.value = i
+            return 0
+
+        def cuDeviceGetName(self, buf, size, device):
+            buf.value = names[device.value]
+            return 0
+
+        def cuDeviceGetAttribute(self, ref, attribute, device):
+            ref._obj.value = caps[device.value][0 if attribute == 75 else 1]
+            return 0
+
+    assert doctor._driver_gpus(FakeDriver()) == [("NVIDIA H200", (9, 0)), ("Orin", (8, 7))]
+
+    class NoDevice(FakeDriver):
+        def cuInit(self, flags):
+            return 100  # CUDA_ERROR_NO_DEVICE
+
+    assert doctor._driver_gpus(NoDevice()) == []
+
+
+def test_bench_skips_batches_a_static_graph_cannot_take():
+    from edge_biformer.cli.bench_cmd import Runner
+
+    static = Runner("onnxruntime cpu: b1.onnx", "fp32", run=lambda x: x, batches=(1, 1))
+    assert static.refuses(1) is None and static.refuses(8) == "it takes a static batch of 1, not 8"
+    profile = Runner("tensorrt: model.fp16.engine", "fp16", run=lambda x: x, batches=(1, 16))
+    assert profile.refuses(16) is None and "batches 1..16 (its profile)" in profile.refuses(32)

@@ -1,11 +1,13 @@
 """Triton Python-backend model: encoded images (JPEG, PNG, ...) -> the model's input tensor.
 
 Written by ``edge-biformer serve-repo --ensemble`` as ``<model>_preprocess/1/model.py``. The transform
-is the official BiFormer evaluation preprocessing of ``edge_biformer.calib.preprocess_image`` (the
-tests check that both give the same tensors): RGB (16-bit and float images scaled to 8 bits), bicubic
-resize of the shorter side to ``resize`` (or to ``H x W`` for non-square inputs), center crop
-``img_size``, scale to [0, 1], normalise with ``mean`` and ``std``. The recipe comes from the
-``preprocessing`` parameter of ``config.pbtxt`` (JSON). An image that cannot be decoded fails its own
+is the model's recorded preprocessing (``edge_biformer.runtime.preprocessing.Preprocessing``; the tests
+check that both give the same tensors), by default the official BiFormer evaluation transform of
+``edge_biformer.calib.preprocess_image``: RGB (16-bit and float images scaled to 8 bits), bicubic
+resize of the shorter side to ``resize_to`` (or to ``H x W`` for non-square inputs), center crop
+``img_size``, scale to [0, 1], normalise with ``mean`` and ``std``; ``resize`` may also be
+``letterbox`` (fit, pad with ``pad_value``) or ``stretch``, ``channel_order`` ``BGR``. The recipe comes
+from the ``preprocessing`` parameter of ``config.pbtxt`` (JSON). An image that cannot be decoded fails its own
 request only. Needs numpy < 2 and Pillow in the serving environment.
 """
 
@@ -33,26 +35,48 @@ def to_rgb8(image):
     return Image.fromarray(gray, "L").convert("RGB")
 
 
-def preprocess(data, recipe):
-    """Encoded image bytes -> ``3 x H x W`` float32."""
+_METHODS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def _geometry(image, recipe):
+    """Resize (and crop or pad) an RGB image to ``img_size`` as the recipe's ``resize`` mode says."""
     h, w = recipe["img_size"]
-    with Image.open(io.BytesIO(data)) as opened:
-        opened.load()
-        image = to_rgb8(opened)
-    target = recipe["resize"]
+    interp = _METHODS[recipe.get("interpolation", "bicubic")]
+    mode = recipe.get("resize", "center_crop")
+    iw, ih = image.size
+    if mode == "stretch":
+        return image.resize((w, h), interp) if (iw, ih) != (w, h) else image
+    if mode == "letterbox":
+        scale = min(w / iw, h / ih)
+        nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+        if (nw, nh) != (iw, ih):
+            image = image.resize((nw, nh), interp)
+        pad = int(recipe.get("pad_value", 114))
+        canvas = Image.new("RGB", (w, h), (pad, pad, pad))
+        canvas.paste(image, ((w - nw) // 2, (h - nh) // 2))
+        return canvas
+    target = recipe["resize_to"]  # center_crop: resize by crop_pct, then crop
     if isinstance(target, int):
-        iw, ih = image.size
         if iw <= ih:
             new_w, new_h = target, max(1, int(target * ih / iw))
         else:
             new_w, new_h = max(1, int(target * iw / ih)), target
     else:
         new_h, new_w = target
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), Image.BICUBIC)
+    if (new_w, new_h) != (iw, ih):
+        image = image.resize((new_w, new_h), interp)
     top, left = round((new_h - h) / 2.0), round((new_w - w) / 2.0)
-    image = image.crop((left, top, left + w, top + h))
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    return image.crop((left, top, left + w, top + h))
+
+
+def preprocess(data, recipe):
+    """Encoded image bytes -> ``3 x H x W`` float32."""
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        image = to_rgb8(opened)
+    array = np.asarray(_geometry(image, recipe), dtype=np.float32) / 255.0
+    if recipe.get("channel_order", "RGB") == "BGR":
+        array = array[..., ::-1]
     array = (array - np.asarray(recipe["mean"], np.float32)) / np.asarray(recipe["std"], np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
