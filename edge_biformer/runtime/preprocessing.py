@@ -1,7 +1,7 @@
 """The preprocessing of a model's input images, read from its manifests through one function.
 
-:func:`read_preprocessing` is the only reader of a manifest's ``preprocessing`` record (the Predictor,
-``serve-repo``'s Triton preprocessing model and ``bench`` all get their :class:`Preprocessing` from it).
+:func:`read_preprocessing` is the only reader of a manifest's ``preprocessing`` record (the Predictor and
+``serve-repo``'s Triton preprocessing model get their :class:`Preprocessing` from it).
 It is tolerant: keys it does not know are ignored, a value it cannot honour is a clear error (never a
 silently wrong prediction), and a manifest without a record gets what our build applies today, the
 official BiFormer evaluation transform (:func:`edge_biformer.calib.preprocess_image`: bicubic resize by

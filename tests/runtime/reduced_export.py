@@ -7,6 +7,7 @@ folder of held-out test images (``<label>_<class>/<index>.png``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,16 @@ class ReducedExport:
         """FP32 PyTorch logits of the reduced model (the reference)."""
         import torch
 
-        from edge_biformer import create_model
-
-        model = create_model("biformer_tiny", weights=CHECKPOINT, **train_script().REDUCED_CONFIG)
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+            return _torch_model()(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_model():
+    """The reduced model in PyTorch, made once (eval mode; only read, so threads may share it)."""
+    from edge_biformer import create_model
+
+    return create_model("biformer_tiny", weights=CHECKPOINT, **train_script().REDUCED_CONFIG).eval()
 
 
 def export(folder: Path, images: int = 12) -> ReducedExport:
