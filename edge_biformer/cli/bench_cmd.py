@@ -347,7 +347,11 @@ def run(args: argparse.Namespace) -> int:
     info["setup"] = (
         f"Input {img_size[0]}x{img_size[1]} (demo photographs), {args.warmup} warm-up runs, "
         + (f"{args.duration:g} s per row" if args.duration else f"{args.iters} timed runs per row")
-        + (f", {args.threads} threads" if args.threads else "")
+        + (
+            f", {args.threads} thread{'s' if args.threads > 1 else ''} (torch, onnxruntime)"
+            if args.threads
+            else ""
+        )
         + "."
     )
     table = markdown(rows, info)

@@ -18,6 +18,7 @@ it (by its PID) on exit::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -67,6 +68,7 @@ class ServingEnv:
     backend: Path  # pytriton/tritonserver/backends/python
     stub: Path
     libs: Path  # nvidia_pytriton.libs
+    site: Path  # the environment's own site-packages
 
     @property
     def bin_dir(self) -> Path:
@@ -95,6 +97,7 @@ def _locate(root: Path, python: Path) -> ServingEnv:
         backend=base / "backends" / "python",
         stub=base / "python_backend_stubs" / version / "triton_python_backend_stub",
         libs=site / "nvidia_pytriton.libs",
+        site=site,
     )
     for path in (env.tritonserver, env.backend / "libtriton_python.so", env.stub):
         if not path.exists():
@@ -138,6 +141,32 @@ def prepare_env(root: Path | None = None, quiet: bool = True) -> ServingEnv:
             )
     marker.write_text(f"nvidia-pytriton {PYTRITON_VERSION}, numpy<2\n")
     return _locate(root, python)
+
+
+def link_package(env: ServingEnv) -> Path:
+    """Make this edge-biformer importable by the Python backend's models (rewritten graphs run through
+    ``edge_biformer.runtime.cpu_session`` there): a symlink in the serving environment's own
+    site-packages to the package this process imports.
+
+    The stub adds the site-packages folders to ``sys.path`` without running their ``.pth`` files, so an
+    editable install is invisible to it; a package folder is not. The link is replaced atomically.
+    """
+    import edge_biformer
+
+    package = Path(edge_biformer.__file__).resolve().parent
+    link = env.site / "edge_biformer"
+    if link.is_symlink() and link.resolve() == package:
+        return link
+    if link.exists() and not link.is_symlink():
+        raise ServerError(
+            f"{link} is a folder, not the link edge-biformer makes; delete {env.root} and run again"
+        )
+    tmp = env.site / f".edge_biformer.{os.getpid()}.link"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(package, tmp)
+    os.replace(tmp, link)
+    return link
 
 
 def free_port() -> int:
@@ -204,6 +233,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Start the server and wait until it is ready (raises :class:`ServerError` with its log)."""
+        link_package(self.env)
         self._workdir = Path(tempfile.mkdtemp(prefix="edge-biformer-triton-"))
         if self._log_path is None:
             self._log_path = self._workdir / "tritonserver.log"
@@ -234,7 +264,7 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = "\n".join(self.log_text().splitlines()[-25:])
+                tail = self.errors()
                 self.stop()
                 raise ServerError(
                     f"tritonserver exited with status {self.process.returncode} while starting:\n{tail}"
@@ -242,9 +272,15 @@ class TritonServer:
             if self.ready():
                 return self
             time.sleep(0.25)
-        tail = "\n".join(self.log_text().splitlines()[-25:])
+        tail = self.errors()
         self.stop()
         raise ServerError(f"tritonserver was not ready after {self.startup_timeout:.0f} s:\n{tail}")
+
+    def errors(self, last: int = 12) -> str:
+        """The server's error lines (``E...`` and model load failures), else the last lines of its log."""
+        lines = self.log_text().splitlines()
+        wanted = [ln for ln in lines if ln.startswith("E") or "failed to load" in ln or "error:" in ln]
+        return "\n".join((wanted or lines)[-last:])
 
     def ready(self) -> bool:
         """Whether ``/v2/health/ready`` answers 200."""
@@ -309,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             while server.process is not None and server.process.poll() is None:
                 time.sleep(1)
-            tail = "\n".join(server.log_text().splitlines()[-25:])
+            tail = server.errors(25)
             status = server.process.returncode if server.process else "?"
             log(f"tritonserver exited with status {status}:\n{tail}")
             return 1

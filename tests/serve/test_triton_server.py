@@ -124,3 +124,21 @@ def test_the_printed_client_commands_work(server):
         assert proc.returncode == 0, proc.stderr
         line = proc.stdout.strip().splitlines()[-1]
         assert line.startswith(argv[-1] + ": ") and len(line.split("  ")) == 5  # the top-5 with labels
+
+
+def test_a_rewritten_graph_is_served_through_cpu_session(reduced, tmp_path):
+    """The plugin graph (BiLevelRoutingAttention nodes) in Triton's Python backend: the model imports
+    edge_biformer there (linked into the serving environment), and the answers equal PyTorch."""
+    from edge_biformer.serve.cpu_server import TritonServer, prepare_env
+
+    plugin = tmp_path / "reduced.plugin.onnx"
+    repo = tmp_path / "plugin_repository"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["rewrite", str(reduced.onnx), "--output", str(plugin)]) == 0
+        assert main(["serve-repo", "--onnx", str(plugin), "--output", str(repo), "--threads", "1"]) == 0
+    assert 'string_value: "true"' in (repo / MODEL / "config.pbtxt").read_text()  # plugin_nodes
+    files = reduced.image_files()[:4]
+    batch = np.stack([preprocess_image(Image.open(f), 48) for f in files])
+    with TritonServer(repo, prepare_env(), startup_timeout=180) as srv:
+        got = _client(srv, MODEL, "grpc").infer_tensors(batch)
+    assert_close(got, reduced.torch_logits(batch), "rewrite.graph.float32")
