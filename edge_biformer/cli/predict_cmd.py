@@ -155,6 +155,15 @@ def run(args: argparse.Namespace) -> int:
         f"preprocessing: {predictor.preprocessing.describe()}"
         + (f", {ignored} non-image files ignored" if ignored else "")
     )
+    from edge_biformer.manifest import model_fields
+
+    if model_fields(predictor.manifest).get("random_weights") or predictor.build_manifest.get(
+        "random_weights"
+    ):
+        log(
+            f"{model} has RANDOM WEIGHTS (exported without --weights): the classes below are meaningless; "
+            "export a trained checkpoint to classify"
+        )
     skipped: list[tuple[str, str]] = []
     predictions = []
     progress = _Progress(len(images))
@@ -205,4 +214,8 @@ def run(args: argparse.Namespace) -> int:
             f"none of the {len(images)} images could be read (first: {skipped[0][1] if skipped else '?'}); "
             "give JPEG, PNG, WebP, BMP or TIFF files"
         )
+    log("next:")
+    flag = "--engine" if args.engine else "--onnx"
+    print(f"  edge-biformer serve-repo {flag} {model} --output model_repository --ensemble", flush=True)
+    print(f"  edge-biformer bench {flag} {model} --batch 1,8", flush=True)
     return 0

@@ -325,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from edge_biformer.utils import log
 
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does (never an orphaned tritonserver)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         log(
             f"serving environment: {args.env or default_env_dir()} (made on first use: numpy<2, "

@@ -50,6 +50,8 @@ def test_predict_folder_with_bad_files(reduced, mixed_folder, tmp_path):
     assert "truncated.png: not a readable image" in proc.stdout
     assert "missing.png: no such file or folder" in proc.stdout
     assert "predicted 4 of 6 images" in proc.stdout and "1 non-image files ignored" in proc.stdout
+    assert "RANDOM WEIGHTS" not in proc.stdout  # a trained checkpoint
+    assert f"edge-biformer serve-repo --onnx {reduced.onnx} --output model_repository" in proc.stdout
     report = json.loads(out_json.read_text())
     assert report["backend"] == "onnxruntime" and report["labels"].startswith("checkpoint")
     assert len(report["predictions"]) == 4 and len(report["skipped"]) == 3

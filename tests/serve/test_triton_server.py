@@ -142,3 +142,38 @@ def test_a_rewritten_graph_is_served_through_cpu_session(reduced, tmp_path):
     with TritonServer(repo, prepare_env(), startup_timeout=180) as srv:
         got = _client(srv, MODEL, "grpc").infer_tensors(batch)
     assert_close(got, reduced.torch_logits(batch), "rewrite.graph.float32")
+
+
+def test_the_cpu_server_command_stops_triton_on_sigterm(reduced, tmp_path):
+    """``python -m edge_biformer.serve.cpu_server REPO`` serves until stopped; SIGTERM (a service manager,
+    ``kill``) stops tritonserver too, as Ctrl-C does: nothing keeps answering on its ports."""
+    import signal
+    import urllib.request
+
+    from edge_biformer.serve.cpu_server import free_port
+
+    repo = tmp_path / "repo"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["serve-repo", "--onnx", str(reduced.onnx), "--output", str(repo)]) == 0
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    cmd = [sys.executable, "-m", "edge_biformer.serve.cpu_server", str(repo), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{http}/v2/health/ready"
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # the ready line comes once the server answers
+            lines.append(line)
+            if "Triton is serving" in line:
+                break
+        assert "Triton is serving" in "".join(lines), "".join(lines)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)
