@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,56 @@ def test_plugin_build_option_builds_the_sample(include_dir, tmp_path):
     )  # fmt: skip
     _run(["cmake", "--build", str(build), "--parallel", "2", "--target", "classify"])
     assert (build / "samples_cpp" / "classify").is_file()
+
+
+def _parse_top(stdout: str) -> list[list[int]]:
+    """``input N:  <class> <label> <p> ...`` lines (run without --labels: the label is empty)."""
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith("input "):
+            tokens = line.split(":", 1)[1].split()
+            rows.append([int(t) for t in tokens[0::2]])
+    return rows
+
+
+@pytest.mark.tensorrt
+def test_classify_top5_equals_the_python_engine(tmp_path):
+    """On a GPU with a TensorRT installation (TENSORRT_ROOT with include/ and lib/) and a build folder
+    (EDGE_BIFORMER_TEST_BUILD): the C++ sample and :class:`edge_biformer.runtime.Engine` give the same
+    top-5 on the same preprocessed inputs (``predict --save-input``'s .npy)."""
+    import numpy as np
+
+    from edge_biformer.engine.tensorrt import missing_reason
+
+    if missing_reason():
+        pytest.skip(missing_reason())
+    root = Path(os.environ.get("TENSORRT_ROOT", ""))
+    if not root.name or not (root / "include" / "NvInferRuntime.h").is_file():
+        pytest.skip("set TENSORRT_ROOT to a TensorRT installation (include/, lib/) to link the C++ sample")
+    build_dir = Path(os.environ.get("EDGE_BIFORMER_TEST_BUILD", ""))
+    engines = sorted(build_dir.glob("model.*.engine")) if build_dir.name else []
+    if not engines:
+        pytest.skip("set EDGE_BIFORMER_TEST_BUILD to a build folder holding an engine (built on this GPU)")
+    from edge_biformer.calib import demo_photos
+    from edge_biformer.runtime import Engine, Preprocessing
+
+    cmake_build = tmp_path / "build"
+    _run(["cmake", "-S", str(REPO / "samples" / "cpp"), "-B", str(cmake_build), f"-DTENSORRT_ROOT={root}"])
+    _run(["cmake", "--build", str(cmake_build), "--parallel", "4"])
+    assert not (cmake_build / "libnvinfer_stub.so").exists(), "linked the stub, not libnvinfer"
+    for engine_path in engines:
+        with Engine(engine_path) as engine:
+            batch = min(engine.max_batch, 4)
+            prep = Preprocessing(engine.image_size)
+            x = np.stack([prep(Image.open(p)) for p in demo_photos()[:batch]])
+            npy = tmp_path / "inputs.npy"
+            np.save(npy, x)
+            expected = np.argsort(-engine.run(x), axis=1, kind="stable")[:, :5]
+        library = ["--plugin", str(engine.plugin_library)] if engine.plugin_library else []
+        proc = _run([str(cmake_build / "classify"), str(engine_path), str(npy), *library, "--top-k", "5"])
+        assert _parse_top(proc.stdout) == expected.tolist(), proc.stdout
+
+
+def test_parse_top_reads_the_sample_output():
+    out = "input 0:  3  0.91  1  0.05  7  0.01\ninput 1:  2  0.5  0  0.2  9  0.1\n"
+    assert _parse_top(out) == [[3, 1, 7], [2, 0, 9]]
