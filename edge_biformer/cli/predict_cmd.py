@@ -203,9 +203,7 @@ def run(args: argparse.Namespace) -> int:
             "skipped": [{"source": s, "reason": r} for s, r in [*missing, *skipped]],
         }
         text = json.dumps(report, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
+        if args.json != "-":
             with atomic_output(args.json, suffix=".json") as tmp:
                 tmp.write_text(text)
             log(f"predictions -> {args.json}")
@@ -218,4 +216,6 @@ def run(args: argparse.Namespace) -> int:
     flag = "--engine" if args.engine else "--onnx"
     print(f"  edge-biformer serve-repo {flag} {model} --output model_repository --ensemble", flush=True)
     print(f"  edge-biformer bench {flag} {model} --batch 1,8", flush=True)
+    if args.json == "-":  # last, so that stdout ends with one JSON document
+        sys.stdout.write(text)
     return 0
