@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_biformer.cli.args import ModelArgs, parse_img_size
+from edge_biformer.cli.args import ImageSizeArgs, ModelArgs, RuntimeArgs, add_groups
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import atomic_output, heartbeat, log
 
@@ -51,18 +51,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "writes JSON, and lists the rows it skipped with the reason."
         ),
     )
-    ModelArgs(required=False).add(parser)
-    parser.add_argument(
-        "--img-size", type=parse_img_size, default=None, metavar="N|HxW", help="input size (224)"
+    add_groups(
+        parser, [ModelArgs(required=False), ImageSizeArgs(help="input size (default 224 for --model)")]
     )
     parser.add_argument(
         "--onnx", action="append", default=[], metavar="O.onnx", help="an ONNX graph (repeatable)"
     )
     parser.add_argument("--engine", action="append", default=[], metavar="E.engine", help="a TensorRT engine")
     parser.add_argument("--build", metavar="DIR", help="a build folder: its model.*.engine files")
-    parser.add_argument(
-        "--plugin-library", metavar="PATH", help="plugin library of the engines (default: found)"
-    )
+    RuntimeArgs(labels=False).add(parser)
     parser.add_argument(
         "--batch", type=_batches, default=(1, 8), metavar="1,8", help="batch sizes (default 1,8)"
     )

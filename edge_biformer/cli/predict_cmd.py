@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_biformer.cli.args import parse_img_size
+from edge_biformer.cli.args import ImageSizeArgs, RuntimeArgs, add_groups
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import atomic_output, log
 
@@ -39,19 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
     parser.add_argument("--batch", type=int, metavar="N", help="images per run (default 8)")
-    parser.add_argument("--labels", metavar="FILE", help="class names, one per line (or a JSON list)")
     parser.add_argument("--json", metavar="PATH", help="also write the predictions as JSON (- for stdout)")
     parser.add_argument(
         "--save-input",
         metavar="PATH.npy",
         help="write the preprocessed N x 3 x H x W float32 tensors (input of samples/cpp/classify)",
     )
-    parser.add_argument(
-        "--img-size", type=parse_img_size, metavar="N|HxW", help="input size, if not recorded"
-    )
-    parser.add_argument(
-        "--plugin-library", metavar="PATH", help="plugin library of an engine (default: found)"
-    )
+    add_groups(parser, [ImageSizeArgs(help="input size, where no manifest records it"), RuntimeArgs()])
     parser.set_defaults(func=run)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge_biformer.cli.args import RuntimeArgs
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.utils import log, stage
 
@@ -52,10 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--ensemble", action="store_true", help="add NAME_preprocess and NAME_ensemble (images in)"
     )
-    parser.add_argument(
-        "--plugin-library", metavar="PATH", help="plugin library of the engine (default: found)"
-    )
-    parser.add_argument("--labels", metavar="FILE", help="class names (default: checkpoint's, ImageNet-1k)")
+    RuntimeArgs().add(parser)
     parser.add_argument(
         "--threads", type=int, default=0, metavar="N", help="onnxruntime threads (CPU; 0: default)"
     )
