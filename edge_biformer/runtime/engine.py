@@ -11,7 +11,8 @@
   engine's folder, the path its manifest records, the repository build, the package), loaded into
   TensorRT's registry with the process-wide logger (:func:`edge_biformer.engine.tensorrt.logger`)
   before the plan is deserialized. A library built for another TensorRT major is refused with the
-  library's own words; a plan TensorRT cannot deserialize (another TensorRT version, another GPU,
+  library's own words, one without kernels for this GPU's arch (no cubin of it, no older PTX) with the
+  rebuild command; a plan TensorRT cannot deserialize (another TensorRT version, another GPU,
   no plugin) is a one-paragraph error naming the file.
 * **Buffers**: device buffers and pinned host buffers are allocated once per input shape (the batch is
   dynamic within the optimisation profile; batches above its max are run in chunks) and kept.
@@ -38,7 +39,7 @@ import numpy as np
 
 from edge_biformer.errors import EdgeBiformerError
 
-__all__ = ["Engine", "EngineError", "IOTensor", "find_plugin_library", "import_cudart"]
+__all__ = ["Engine", "EngineError", "IOTensor", "compute_capability", "find_plugin_library", "import_cudart"]
 
 
 class EngineError(EdgeBiformerError):
@@ -144,6 +145,40 @@ def _check_library_major(library: Path, trt: Any) -> None:
         )
 
 
+def compute_capability(cudart: Any, device: int) -> tuple[int, int]:
+    """(major, minor) of a CUDA device."""
+    attr = cudart.cudaDeviceAttr
+    major = _check(
+        cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device),
+        "cudaDeviceGetAttribute",
+    )
+    minor = _check(
+        cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device),
+        "cudaDeviceGetAttribute",
+    )
+    return int(major), int(minor)
+
+
+def _check_library_arch(library: Path, capability: tuple[int, int]) -> None:
+    """Refuse a plugin library without kernels for this GPU (no cubin of its arch, no older PTX to JIT).
+
+    A library whose kernel images cannot be read (none found in its bytes) is let through: TensorRT's
+    own error then says more than a guess would.
+    """
+    from edge_biformer import plugins
+    from edge_biformer.runtime.doctor import library_archs
+
+    cubins, ptx = library_archs(library.read_bytes())
+    sm = capability[0] * 10 + capability[1]
+    if not (cubins or ptx) or sm in cubins or any(p <= sm for p in ptx):
+        return
+    raise EngineError(
+        f"the plugin library {library} has no kernels for this GPU (sm_{sm}): it holds cubins for "
+        f"sm {sorted(cubins) or '-'} and PTX for sm {sorted(ptx) or '-'}. Rebuild it for this GPU with "
+        f"'{plugins.build_command()} --cuda-architectures {sm}'"
+    )
+
+
 @dataclass(frozen=True)
 class IOTensor:
     """One input or output of the engine."""
@@ -230,6 +265,7 @@ class Engine:
         self.plugin_library = find_plugin_library(self.path, plugin_library)
         if self.plugin_library is not None:
             _check_library_major(self.plugin_library, trt)
+            _check_library_arch(self.plugin_library, compute_capability(cudart, device))
             load_plugin_library(self.plugin_library, trt)
         self._runtime = trt.Runtime(logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())

@@ -282,3 +282,52 @@ def test_a_plan_tensorrt_refuses_is_one_paragraph(fake):
     with pytest.raises(EngineError, match="could not deserialize") as info:
         Engine(fake.path)
     assert "rebuild it on this machine" in str(info.value) and "(none was found)" in str(info.value)
+
+
+def _cubin(sm: int) -> bytes:
+    """The first 64 bytes of a CUDA 12.8+ cubin for ``sm`` (ELF ABI version 8: SM in e_flags bits 8-15)."""
+    import struct
+
+    header = bytearray(64)
+    header[:4] = b"\x7fELF"
+    header[4], header[7], header[8] = 2, 0x41, 8
+    struct.pack_into("<H", header, 18, 190)
+    struct.pack_into("<I", header, 48, 0x6000004 | (sm << 8))
+    return bytes(header)
+
+
+@pytest.mark.parametrize(
+    ("kernels", "capability", "ok"),
+    [
+        (_cubin(87) + _cubin(90), (9, 0), True),
+        (_cubin(87), (9, 0), False),  # no sm_90 cubin, no PTX
+        (_cubin(87) + b".version 8.4\n.target sm_80\n", (9, 0), True),  # PTX of an older arch: JIT
+        (b"", (9, 0), True),  # no kernel image readable: TensorRT says more
+    ],
+)
+def test_a_plugin_library_without_kernels_for_this_gpu_is_refused(fake, monkeypatch, kernels, capability, ok):
+    library = fake.path.parent / "libedge_biformer_plugins.so"
+    library.write_bytes(b"\x7fELF" + b"\0" * 60 + kernels)
+    loaded = []
+    monkeypatch.setattr(engine_module, "find_plugin_library", lambda path, explicit=None: library)
+    monkeypatch.setattr(engine_module, "_check_library_major", lambda lib, trt: None)
+    from edge_biformer.engine import tensorrt as trt_module
+
+    monkeypatch.setattr(trt_module, "load_plugin_library", lambda lib, trt=None: loaded.append(lib))
+    attrs = SimpleNamespace(
+        cudaDevAttrComputeCapabilityMajor="major", cudaDevAttrComputeCapabilityMinor="minor"
+    )
+    monkeypatch.setattr(FakeCudart, "cudaDeviceAttr", attrs, raising=False)
+    monkeypatch.setattr(
+        FakeCudart,
+        "cudaDeviceGetAttribute",
+        lambda self, attr, device: (0, capability[0] if attr == "major" else capability[1]),
+        raising=False,
+    )
+    if ok:
+        Engine(fake.path).close()
+        assert loaded == [library]
+    else:
+        with pytest.raises(EngineError, match=r"no kernels for this GPU \(sm_90\)") as info:
+            Engine(fake.path)
+        assert "--cuda-architectures 90" in str(info.value) and not loaded
