@@ -28,6 +28,7 @@ __all__ = [
     "ModelArgs",
     "PreprocessArgs",
     "RewriteArgs",
+    "RuntimeArgs",
     "add_groups",
     "parse_img_size",
     "parse_input_shape",
@@ -152,6 +153,32 @@ class ImageSizeArgs(ArgGroup):
         group.add_argument(
             "--img-size", type=parse_img_size, default=self.default, metavar="N|HxW", help=self.help
         )
+
+
+class RuntimeArgs(ArgGroup):
+    """What running a built model needs beside it: the plugin library of an engine and the class names
+    (``predict``, ``bench``, ``serve-repo``; defaults: found as :class:`edge_biformer.runtime.Engine` and
+    :func:`edge_biformer.runtime.labels.resolve_labels` do)."""
+
+    title = "runtime"
+
+    def __init__(self, labels: bool = True) -> None:
+        self.labels = labels
+
+    def add_to(self, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--plugin-library",
+            metavar="PATH",
+            help="plugin library of an engine (default: EDGE_BIFORMER_PLUGIN_LIB, beside the engine, its "
+            "manifest's, the repository build)",
+        )
+        if self.labels:
+            group.add_argument(
+                "--labels",
+                metavar="FILE",
+                help="class names, one per line or a JSON list (default: the checkpoint's, ImageNet-1k for "
+                "1000 classes)",
+            )
 
 
 class ExportArgs(ArgGroup):

@@ -17,7 +17,9 @@ from edge_biformer import __version__
 from edge_biformer.errors import EdgeBiformerError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("export", "rewrite", "quantize", "build", "check")
+COMMANDS: tuple[str, ...] = (
+    "export", "rewrite", "quantize", "build", "check", "predict", "serve", "bench", "doctor",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
