@@ -47,7 +47,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     """
     path = require_checkpoint_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_weights_only(path)
     except Exception as err:  # the unpickler raises anything from IndexError to UnpicklingError
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -76,6 +76,26 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     if is_backbone:
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return state, is_backbone
+
+
+def _numpy_scalar_globals() -> list:
+    """The numpy classes that pickle a numpy scalar (mmcv checkpoints' ``meta`` may hold some)."""
+    import numpy as np
+
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    dtypes = [c for c in vars(getattr(np, "dtypes", object)).values() if isinstance(c, type)]
+    return [multiarray.scalar, np.dtype, *dtypes]
+
+
+def _load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)``; numpy scalars (mmcv/mmdet ``meta``) are also allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "numpy" not in str(err):
+            raise
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _is_tensor_dict(d: Mapping) -> bool:

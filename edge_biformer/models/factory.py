@@ -18,8 +18,13 @@ __all__ = ["create_model", "model_config"]
 
 #: Arguments that make a dense backbone instead of a classifier (timm's convention).
 DENSE_ARGUMENTS = ("features_only", "out_indices")
+#: Training-only arguments of the official mmdet/mmseg ``BiFormer_mm`` (no effect on inference):
+#: accepted with ``features_only`` so that an official ``backbone=dict(...)`` config can be passed.
+_DENSE_TRAINING_ARGUMENTS = ("norm_eval", "disable_bn_grad", "pretrained")
 _ARGUMENTS = (
-    tuple(p for p in inspect.signature(BiFormer.__init__).parameters if p != "self") + DENSE_ARGUMENTS
+    tuple(p for p in inspect.signature(BiFormer.__init__).parameters if p != "self")
+    + DENSE_ARGUMENTS
+    + _DENSE_TRAINING_ARGUMENTS
 )
 
 
@@ -36,12 +41,20 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     config = deepcopy(VARIANTS[name])
     config.update(overrides)
     if not config.pop("features_only", False):
-        if "out_indices" in config:
+        dense_only = [k for k in ("out_indices", *_DENSE_TRAINING_ARGUMENTS) if k in config]
+        if dense_only:
             raise EdgeBiformerError(
-                f"out_indices={config['out_indices']!r} needs features_only=True (a dense backbone; "
+                f"{', '.join(dense_only)} need(s) features_only=True (a dense backbone; "
                 "--features-only on the command line)"
             )
         return config
+    if config.pop("pretrained", None) is not None:
+        raise EdgeBiformerError(
+            "pretrained=<path> is the official backbone's training-time initialisation; pass the "
+            "checkpoint as weights=<path> (--weights), which loads it strictly"
+        )
+    for key in _DENSE_TRAINING_ARGUMENTS:
+        config.pop(key, None)
     # A dense backbone: as the official detection/segmentation configs, auto_pad unless overridden;
     # the classifier's num_classes has no meaning for it.
     config.pop("num_classes", None)

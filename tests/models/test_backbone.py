@@ -184,3 +184,44 @@ def test_without_auto_pad_a_padded_size_is_refused(backbone_golden) -> None:
     model = build(backbone_golden, 8, auto_pad=False)
     with pytest.raises(ValueError, match="auto_pad"):
         model(backbone_golden["cases"][0]["x"])
+
+
+def test_mmdet_checkpoint_with_meta_and_optimizer(tmp_path, backbone_golden) -> None:
+    """An mmcv runner checkpoint: meta (numpy scalars in hook_msgs), optimizer state, neck and head keys."""
+    import numpy as np
+
+    state = dict(torch.load(GOLDEN_PATH, weights_only=True)["state_dict"])
+    state["bbox_head.retina_cls.weight"] = torch.zeros(9, 4, 3, 3)
+    path = tmp_path / "retinanet.pth"
+    meta = {"epoch": 12, "CLASSES": ("person", "car"), "hook_msgs": {"best_score": np.float64(0.41)}}
+    torch.save({"meta": meta, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    case = backbone_golden["cases"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build(backbone_golden, 8, weights=path)
+    with torch.no_grad():
+        assert rel(model(case["x"])[3], case["outputs"][3]) <= 1e-5
+
+
+def test_official_backbone_config_dict(backbone_golden) -> None:
+    """The official config's backbone=dict(...) arguments (type aside) are accepted as they are."""
+    official = {
+        **backbone_golden["config"],
+        "n_win": 16,
+        "num_classes": 80,
+        "use_checkpoint_stages": [],
+        "drop_path_rate": 0.2,
+        "disable_bn_grad": False,
+        "norm_eval": True,
+        "pretrained": None,
+    }
+    model = edge_biformer.create_model(
+        "biformer_tiny", weights=GOLDEN_PATH, features_only=True, out_indices=(0, 1, 2, 3), **official
+    )
+    case = backbone_golden["cases"][1]
+    with torch.no_grad():
+        assert rel(model(case["x"])[0], case["outputs"][0]) <= 1e-5
+    with pytest.raises(EdgeBiformerError, match="weights=<path>"):
+        edge_biformer.create_model("biformer_tiny", features_only=True, pretrained="x.pth")
+    with pytest.raises(EdgeBiformerError, match="norm_eval need"):
+        edge_biformer.create_model("biformer_tiny", norm_eval=True)
