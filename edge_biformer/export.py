@@ -1,9 +1,11 @@
 """The export stage: PyTorch -> ONNX of BiFormer, verified against PyTorch in onnxruntime.
 
-The exported graph has one input ``input`` (N, 3, H, W float32) and one output ``logits``. The
-batch is dynamic unless a static batch is asked for; the spatial size is fixed at export, except
-for ``auto_pad`` models, whose padding is computed from the runtime shape: their graphs take any
-H and W (both dynamic).
+The exported graph has one input ``input`` (N, 3, H, W float32) and one output ``logits``; a
+dense backbone (``create_model(..., features_only=True)``) has one output per stage of its
+``out_indices`` instead, ``feat0`` .. ``feat3`` (named by stage; stride 4, 8, 16, 32). The batch is
+dynamic unless a static batch is asked for; the spatial size is fixed at export, except for
+``auto_pad`` models, whose padding is computed from the runtime shape: their graphs take any H and
+W (both dynamic, and so are the outputs' H and W).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from edge_biformer.calib.preprocess import IMAGENET
 from edge_biformer.check import TOLERANCES, Comparison, Tolerance, compare
 from edge_biformer.check.finite import require_finite_module
 from edge_biformer.errors import EdgeBiformerError, ExportError
-from edge_biformer.onnx_io import INPUT_NAME, OUTPUT_NAME, save_model
+from edge_biformer.onnx_io import INPUT_NAME, OUTPUT_NAME, feature_output_name, save_model
 from edge_biformer.utils import atomic_output, check_onnx_output, log, sha256_file, stage
 from edge_biformer.utils.sizes import image_hw
 
@@ -73,6 +75,8 @@ class ExportResult:
     verification: Comparison | None = None
     verify_batches: list[int] = field(default_factory=list)
     manifest: str | None = None
+    #: The shapes of all outputs (a backbone has one per stage; ``output_shape`` is the first's).
+    output_shapes: list[list[int | str]] = field(default_factory=list)
 
     def verification_record(self) -> dict[str, Any] | None:
         """The manifest's ``verification`` record."""
@@ -126,6 +130,63 @@ def check_input_size(model: nn.Module, height: int, width: int) -> None:
             )
 
 
+def is_backbone(model: nn.Module) -> bool:
+    """Whether ``model`` is a dense backbone (several feature-map outputs) rather than a classifier."""
+    return hasattr(model, "out_indices") and hasattr(model, "feature_info")
+
+
+def output_names(model: nn.Module) -> list[str]:
+    """The graph output names of ``model``: ``["logits"]``, or ``feat{i}`` per stage of a backbone."""
+    if is_backbone(model):
+        return [feature_output_name(i) for i in model.out_indices]
+    return [OUTPUT_NAME]
+
+
+def output_records(model: nn.Module, shapes: Sequence[list[int | str]]) -> list[dict[str, Any]]:
+    """The manifest's ``outputs``: name, shape, dtype and, for a backbone, stage, channels and stride."""
+    records: list[dict[str, Any]] = []
+    for i, (name, shape) in enumerate(zip(output_names(model), shapes, strict=True)):
+        record: dict[str, Any] = {"name": name, "shape": shape, "dtype": "float32"}
+        if is_backbone(model):
+            info = model.feature_info[i]
+            record.update(stage=info["index"], channels=info["num_chs"], stride=info["reduction"])
+        records.append(record)
+    return records
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def check_dynamo_size(model: nn.Module, height: int, width: int) -> None:
+    """Refuse a dynamo export of an ``auto_pad`` model at a size where a routed stage has one-token regions.
+
+    ``torch.export`` specialises dimensions of size 1 (its 0/1 rule): an ``auto_pad`` graph traced
+    with one-token regions does not run at other batch sizes (onnxruntime fails in a MatMul;
+    measured with n_win 16 at 256x256). A graph exported at a larger size runs at any size,
+    one-token regions included.
+    """
+    config = getattr(model, "config", {})
+    n_win = config.get("n_win", 7)
+    routed = [i for i, k in enumerate(config.get("topks", [])) if k > 0]
+    for side, name in ((height, "height"), (width, "width")):
+        sizes = _stage_sizes(side)
+        narrow = [i for i in routed if -(-sizes[i] // n_win) < 2]
+        if narrow:
+            fits = next(
+                s
+                for s in range(side + 1, side + 64 * n_win)
+                if all(-(-_stage_sizes(s)[i] // n_win) >= 2 for i in routed)
+            )
+            raise EdgeBiformerError(
+                f"--img-size {name} {side} is too small for the dynamo exporter with n_win={n_win}: routed "
+                f"stage {narrow[0] + 1} gets a side of {sizes[narrow[0]]}, regions one token wide, and "
+                "torch.export fixes dimensions of size 1, so the graph would not run at other sizes. "
+                f"Export at {name} {fits} or more (an auto_pad graph still takes any size at run time), "
+                "or use --exporter torchscript"
+            )
+
+
 def _export_graph(
     model: nn.Module,
     path: Path,
@@ -137,6 +198,7 @@ def _export_graph(
     exporter: str,
 ) -> None:
     """Run a torch.onnx exporter into ``path`` (one file, no external data)."""
+    names = output_names(model)
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -144,13 +206,17 @@ def _export_graph(
             input_axes: dict[int, str] = {} if static_batch else {0: "batch"}
             if dynamic_hw:
                 input_axes.update({2: "height", 3: "width"})
-            dynamic_axes = {INPUT_NAME: input_axes, OUTPUT_NAME: {} if static_batch else {0: "batch"}}
+            dynamic_axes: dict[str, dict[int, str]] = {INPUT_NAME: input_axes}
+            for name in names:
+                dynamic_axes[name] = {} if static_batch else {0: "batch"}
+                if dynamic_hw and name != OUTPUT_NAME:
+                    dynamic_axes[name].update({2: f"{name}_height", 3: f"{name}_width"})
             torch.onnx.export(
                 model,
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=names,
                 dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -166,7 +232,7 @@ def _export_graph(
                 model,
                 (example,),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=names,
                 dynamic_shapes={"x": axes} if axes else None,
                 opset_version=opset,
                 dynamo=True,
@@ -189,23 +255,56 @@ def verify_onnx(
     """Run the graph in onnxruntime (CPU) and PyTorch on each input; compare the outputs.
 
     Judged by :func:`edge_biformer.check.compare` with the ``export`` tolerance (by default), i.e.
-    ``max|onnx - torch| / max|torch|`` over all inputs.
+    ``max|onnx - torch| / max|torch|`` over all inputs. A backbone's outputs are each judged on
+    their own scale: the result holds the numbers of every output (``outputs``), its
+    ``max_rel_diff`` is the largest of theirs, and it fails if any output fails.
     """
     import onnxruntime as ort
 
+    tol = tolerance or TOLERANCES["export"]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    refs, outs = [], []
+    names = output_names(model)
+    graph_names = [o.name for o in session.get_outputs()]
+    if graph_names != names:
+        raise ExportError(f"{path}: the graph's outputs are {graph_names}, expected {names}")
+    refs: dict[str, list] = {name: [] for name in names}
+    outs: dict[str, list] = {name: [] for name in names}
     for x in inputs:
         with torch.no_grad():
-            ref = model(x).numpy()
-        out = session.run(None, {INPUT_NAME: x.numpy()})[0]
-        if out.shape != ref.shape:
-            raise ExportError(f"{path}: onnxruntime returned shape {out.shape}, PyTorch {ref.shape}")
-        refs.append(ref)
-        outs.append(out)
-    return compare(outs, refs, tolerance or TOLERANCES["export"])
+            ref = [r.numpy() for r in _as_tuple(model(x))]
+        try:
+            out = session.run(names, {INPUT_NAME: x.numpy()})
+        except Exception as err:  # onnxruntime's Fail/InvalidArgument: the graph cannot run this input
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ExportError(
+                f"onnxruntime could not run the exported graph {path} on an input of shape "
+                f"{tuple(x.shape)} ({first}); the exporter specialised a shape it should have kept "
+                "dynamic. Try the other exporter (--exporter torchscript|dynamo), another --img-size or "
+                "--static-batch"
+            ) from None
+        for name, o, r in zip(names, out, ref, strict=True):
+            if o.shape != r.shape:
+                raise ExportError(
+                    f"{path}: output {name}: onnxruntime returned shape {o.shape}, PyTorch {r.shape}"
+                )
+            refs[name].append(r)
+            outs[name].append(o)
+    if names == [OUTPUT_NAME]:
+        return compare(outs[OUTPUT_NAME], refs[OUTPUT_NAME], tol)
+    # The numbers of all outputs together; the verdict is each output's on its own scale (a global
+    # scale would let a small-valued output differ unnoticed), so only theirs are kept.
+    result = compare(outs, refs, tol)
+    result.failures, result.passed = [], True
+    result.samples = sum(int(x.shape[0]) for x in inputs)
+    for name in names:
+        own = compare(outs[name], refs[name], tol)
+        result.outputs[name] = {"max_abs_diff": own.max_abs_diff, "max_rel_diff": own.max_rel_diff}
+        result.max_rel_diff = max(result.max_rel_diff, own.max_rel_diff)
+        for failure in own.failures:
+            result.fail(f"output {name}: {failure}")
+    return result
 
 
 def export_onnx(
@@ -255,6 +354,8 @@ def export_onnx(
     height, width = image_hw(img_size)
     check_input_size(model, height, width)
     dynamic_hw = bool(getattr(model, "config", {}).get("auto_pad", False))
+    if exporter == "dynamo" and dynamic_hw:
+        check_dynamo_size(model, height, width)
     output = Path(output)
     model = model.eval()
     require_finite_module(model, getattr(model, "variant", None) or type(model).__name__)
@@ -296,6 +397,7 @@ def export_onnx(
             path=str(output),
             input_shape=_onnx_shape(graph.input[0]),
             output_shape=_onnx_shape(graph.output[0]),
+            output_shapes=[_onnx_shape(o) for o in graph.output],
             opset=opset,
             exporter=exporter,
             seconds=seconds,
@@ -359,6 +461,7 @@ def run(options: ExportOptions, model: nn.Module | None = None) -> ExportResult:
         model=model_record(model, options.weights),
         options=options,
         graph="plain",
+        model_kind="backbone" if is_backbone(model) else "classifier",
         opset=options.opset,
         exporter=options.exporter,
     )
@@ -386,9 +489,17 @@ def run(options: ExportOptions, model: nn.Module | None = None) -> ExportResult:
             f"max abs diff {v.max_abs_diff:.3e}  max rel diff {v.max_rel_diff:.3e}  "
             f"(tolerance {v.limits['max_rel']:.0e}): PASS"
         )
+        if is_backbone(model):
+            log(
+                "  per output: "
+                + ", ".join(f"{name} {o['max_rel_diff']:.3e}" for name, o in v.outputs.items())
+            )
+    outputs = output_records(model, result.output_shapes)
     record.update(
         input={"name": INPUT_NAME, "shape": result.input_shape, "dtype": "float32"},
-        output={"name": OUTPUT_NAME, "shape": result.output_shape, "dtype": "float32"},
+        # a classifier's one output; a backbone has several: see outputs
+        output=None if is_backbone(model) else outputs[0],
+        outputs=outputs,
         verification=result.verification_record(),
         # The models of the registry are evaluated with the official transform.
         preprocess=IMAGENET.to_dict(),

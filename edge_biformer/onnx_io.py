@@ -26,6 +26,7 @@ __all__ = [
     "OUTPUT_NAME",
     "GraphInterface",
     "TensorInfo",
+    "feature_output_name",
     "graph_inputs",
     "graph_interface",
     "graph_kind",
@@ -41,6 +42,16 @@ __all__ = [
 #: The interface of the graphs ``edge-biformer export`` writes: one image input, one output.
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: Dense backbones (``--features-only``) have one output per stage of ``out_indices`` instead:
+#: ``feat0`` .. ``feat3``, named by stage index (stride 4, 8, 16, 32).
+FEATURE_OUTPUT_PREFIX = "feat"
+
+
+def feature_output_name(stage: int) -> str:
+    """The graph output name of a dense backbone's stage ``stage`` (0-3): ``feat{stage}``."""
+    return f"{FEATURE_OUTPUT_PREFIX}{stage}"
+
+
 #: What a graph holds: ``plugin`` (custom ops of the rewrite), ``qdq`` (INT8 Q/DQ), ``fp16``
 #: (float16 compute) or ``plain`` (a float32 export).
 GRAPH_KINDS = ("plain", "fp16", "qdq", "plugin")

@@ -86,8 +86,10 @@ class ModelArgs(ArgGroup):
 
     title = "model"
 
-    def __init__(self, required: bool = True) -> None:
+    def __init__(self, required: bool = True, dense: bool = False) -> None:
         self.required = required
+        #: offer --features-only/--out-indices (dense backbones; export only)
+        self.dense = dense
 
     def add_to(self, group: argparse._ArgumentGroup) -> None:
         group.add_argument(
@@ -118,6 +120,20 @@ class ModelArgs(ArgGroup):
             help="other official constructor argument, VALUE in JSON (e.g. --arch depth=[1,1,2,1]); "
             "repeatable",
         )
+        if not self.dense:
+            return
+        group.add_argument(
+            "--features-only",
+            action="store_true",
+            help="the dense backbone of the official detection/segmentation code (auto_pad on, no "
+            "classifier head): one output per stage, feat0..feat3 (stride 4, 8, 16, 32)",
+        )
+        group.add_argument(
+            "--out-indices",
+            type=parse_out_indices,
+            metavar="I,J,...",
+            help="stages whose outputs the backbone returns (default 0,1,2,3; with --features-only)",
+        )
 
     @staticmethod
     def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,7 +153,28 @@ class ModelArgs(ArgGroup):
             overrides["n_win"] = args.n_win
         if args.auto_pad:
             overrides["auto_pad"] = True
+        if getattr(args, "features_only", False):
+            overrides["features_only"] = True
+        if getattr(args, "out_indices", None) is not None:
+            if not getattr(args, "features_only", False):
+                raise EdgeBiformerError(
+                    "--out-indices selects the stage outputs of a dense backbone: add --features-only"
+                )
+            overrides["out_indices"] = args.out_indices
         return overrides
+
+
+def parse_out_indices(text: str) -> list[int]:
+    """``--out-indices``: comma-separated distinct stage indices out of 0-3 (e.g. ``1,2,3``)."""
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        indices = []
+    if not indices or len(set(indices)) != len(indices) or any(i not in range(4) for i in indices):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct stage indices out of 0,1,2,3 separated by commas (e.g. 0,1,2,3), got {text!r}"
+        )
+    return indices
 
 
 class ImageSizeArgs(ArgGroup):

@@ -13,6 +13,7 @@ from edge_biformer.models.registry import VARIANTS, list_models
 __all__ = [
     "VARIANTS",
     "BiFormer",
+    "BiFormerBackbone",
     "BiLevelRoutingAttention",
     "Block",
     "create_model",
@@ -23,13 +24,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from edge_biformer.models.biformer import BiFormer, Block
+    from edge_biformer.models.biformer import BiFormer, BiFormerBackbone, Block
     from edge_biformer.models.bra import BiLevelRoutingAttention
     from edge_biformer.models.checkpoint import load_weights, read_state_dict
     from edge_biformer.models.factory import create_model, model_config
 
 _LAZY = {
     "BiFormer": "biformer",
+    "BiFormerBackbone": "biformer",
     "Block": "biformer",
     "BiLevelRoutingAttention": "bra",
     "load_weights": "checkpoint",

@@ -9,6 +9,7 @@ with an export-friendly data path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -278,3 +279,99 @@ class BiFormer(nn.Module):
         """(N, 3, H, W) images -> (N, num_classes) logits."""
         x = self.forward_features(x)
         return self.head(x.flatten(2).mean(-1))
+
+
+#: The stride of each stage's output relative to the input image (stem /4, then /2 per stage).
+STAGE_REDUCTIONS = (4, 8, 16, 32)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (timm's ``LayerNorm2d``: eps 1e-6, affine)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: (N, C, H, W) -> normalised over C, same shape."""
+        x = nn.functional.layer_norm(
+            x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
+        )
+        return x.permute(0, 3, 1, 2)
+
+
+class BiFormerBackbone(BiFormer):
+    """BiFormer as the official mmdet/mmseg ``BiFormer_mm`` builds it: the stage outputs of a dense backbone.
+
+    The classifier's ``head`` and final ``norm`` are not built; each output stage ``i`` of
+    ``out_indices`` gets the official per-stage norm ``extra_norms.{i}`` (``LayerNorm2d``, eps 1e-6),
+    applied to the stage output. The state dict is the official backbone's (without its
+    ``backbone.`` prefix), so mmdet/mmseg checkpoints load with every key used. Stages after the
+    last output stage are not built; with ``out_indices`` a subset of (0, 1, 2, 3) the checkpoint's
+    keys of stages and norms that are not built are ignored (:meth:`ignored_checkpoint_key`).
+
+    ``forward`` returns a tuple of (N, C_i, H_i, W_i) maps, one per entry of ``out_indices``, in
+    that order; ``feature_info`` lists their ``num_chs``, ``reduction`` and ``module`` (timm).
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs: Any) -> None:
+        out_indices = tuple(int(i) for i in out_indices)
+        if (
+            not out_indices
+            or len(set(out_indices)) != len(out_indices)
+            or any(i not in range(4) for i in out_indices)
+        ):
+            raise ValueError(
+                f"out_indices must be distinct stage indices out of 0, 1, 2, 3, got {list(out_indices)}"
+            )
+        kwargs.setdefault("num_classes", 0)
+        super().__init__(**kwargs)
+        # As the official backbone: no classifier head and no final norm.
+        del self.head, self.norm, self.pre_logits
+        self.out_indices = out_indices
+        last = max(out_indices)
+        del self.downsample_layers[last + 1 :]
+        del self.stages[last + 1 :]
+        # ModuleDict keyed by stage index: the state-dict names are the official extra_norms.{i}.
+        self.extra_norms = nn.ModuleDict(
+            {str(i): LayerNorm2d(self.embed_dim[i]) for i in sorted(out_indices)}
+        )
+        self.feature_info = [
+            {
+                "num_chs": self.embed_dim[i],
+                "reduction": STAGE_REDUCTIONS[i],
+                "module": f"stages.{i}",
+                "index": i,
+            }
+            for i in out_indices
+        ]
+
+    def ignored_checkpoint_key(self, key: str) -> bool:
+        """Whether ``key`` of a full official backbone checkpoint belongs to a part this model leaves out.
+
+        Those are the classifier ``head.``/``norm.`` (absent from official dense checkpoints, ignored
+        if present), the ``extra_norms`` of stages not in ``out_indices`` and the stages after the
+        last output stage.
+        """
+        parts = key.split(".")
+        if parts[0] in ("head", "norm"):
+            return True
+        if len(parts) > 1 and parts[1].isdigit():
+            index = int(parts[1])
+            if parts[0] == "extra_norms":
+                return index in range(4) and index not in self.out_indices
+            if parts[0] in ("stages", "downsample_layers"):
+                return max(self.out_indices) < index < 4
+        return False
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        """(N, 3, H, W) -> the normalised outputs of the stages in ``out_indices``."""
+        features = {}
+        for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages, strict=True)):
+            x = stage(downsample(x))
+            if i in self.out_indices:
+                features[i] = self.extra_norms[str(i)](x)
+        return tuple(features[i] for i in self.out_indices)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        """(N, 3, H, W) images -> one (N, C_i, ceil(H/s_i), ceil(W/s_i)) map per output stage."""
+        return self.forward_features(x)

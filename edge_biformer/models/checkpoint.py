@@ -47,7 +47,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     """
     path = require_checkpoint_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_weights_only(path)
     except Exception as err:  # the unpickler raises anything from IndexError to UnpicklingError
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -78,6 +78,26 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return state, is_backbone
 
 
+def _numpy_scalar_globals() -> list:
+    """The numpy classes that pickle a numpy scalar (mmcv checkpoints' ``meta`` may hold some)."""
+    import numpy as np
+
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    dtypes = [c for c in vars(getattr(np, "dtypes", object)).values() if isinstance(c, type)]
+    return [multiarray.scalar, np.dtype, *dtypes]
+
+
+def _load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)``; numpy scalars (mmcv/mmdet ``meta``) are also allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "numpy" not in str(err):
+            raise
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _is_tensor_dict(d: Mapping) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
@@ -85,13 +105,26 @@ def _is_tensor_dict(d: Mapping) -> bool:
 def load_weights(model: nn.Module, path: str | os.PathLike[str], variant: str = "model") -> None:
     """Load a checkpoint into ``model`` strictly, with one clear error on any mismatch.
 
-    A dense-task backbone checkpoint (``backbone.`` prefix) loads everything but the classifier
-    head and final norm, which it does not hold (a warning says they stay at initialisation); its
-    ``extra_norms`` are ignored.
+    Into a classifier, a dense-task backbone checkpoint (``backbone.`` prefix) loads everything but
+    the classifier head and final norm, which it does not hold (a warning says they stay at
+    initialisation); its ``extra_norms`` are ignored.
+
+    Into a dense backbone (:class:`~edge_biformer.models.biformer.BiFormerBackbone`), a
+    ``backbone.`` checkpoint must hold every key of the model; the keys of parts the model leaves
+    out (stages after the last of ``out_indices``, norms of other stages, a classifier head) are
+    ignored. An ImageNet classification checkpoint loads into it as the official code initialises a
+    detector from one: all but the ``extra_norms``, which it does not hold (a warning says they stay at
+    initialisation, weight 1 and bias 0); its head and final norm are ignored.
     """
     state, is_backbone = read_state_dict(path)
     own = model.state_dict()
-    if is_backbone:
+    ignored = getattr(model, "ignored_checkpoint_key", None)
+    left_out: list[str] = []
+    if ignored is not None:  # a dense backbone
+        state = {k: v for k, v in state.items() if not ignored(k)}
+        if not is_backbone:
+            left_out = [k for k in own if k not in state and k.startswith(_DENSE_ONLY_PREFIXES)]
+    elif is_backbone:
         state = {k: v for k, v in state.items() if not k.startswith(_DENSE_ONLY_PREFIXES)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -100,10 +133,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], variant: str = 
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
-    left_out: list[str] = []
-    if is_backbone:
+    if is_backbone and ignored is None:
         left_out = [k for k in missing if k.startswith(_CLASSIFIER_PREFIXES)]
-        missing = [k for k in missing if k not in left_out]
+    missing = [k for k in missing if k not in left_out]
     if missing or unexpected or mismatched:
         problems = []
         if mismatched:
@@ -118,7 +150,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], variant: str = 
             "architecture overrides (depth, embed_dim, qk_dims, num_classes, ...) it was trained with"
         )
     model.load_state_dict(state, strict=not left_out)
-    if left_out:
+    if left_out and ignored is not None:
+        warnings.warn(
+            f"{path} is a classification checkpoint: the dense backbone's per-stage norms "
+            f"({_summarise(left_out)}) are not in it and keep their initial values (weight 1, bias 0); "
+            "load the backbone.-prefixed checkpoint of a detection/segmentation model for trained ones",
+            stacklevel=2,
+        )
+    elif left_out:
         warnings.warn(
             f"{path} is a dense-task backbone checkpoint: the classifier head and final norm "
             f"({_summarise(left_out)}) are not in it and keep their initial values",

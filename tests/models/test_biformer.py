@@ -41,6 +41,19 @@ def test_parameter_count_and_state_dict_layout(name: str) -> None:
     assert ours == _official_layout(name)
 
 
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_backbone_state_dict_layout(name: str) -> None:
+    """The official BiFormer_mm: the classifier's keys less head and norm, plus extra_norms.{0..3}."""
+    model = edge_biformer.create_model(name, features_only=True, n_win=16)
+    ours = {k: "x".join(map(str, v.shape)) for k, v in model.state_dict().items()}
+    official = {k: v for k, v in _official_layout(name).items() if not k.startswith(("head.", "norm."))}
+    # the stage widths: the last BatchNorm of the stem (index 4) and of each downsampling (index 1)
+    widths = [official[f"downsample_layers.{i}.{4 if i == 0 else 1}.weight"] for i in range(4)]
+    for i, width in enumerate(widths):
+        official[f"extra_norms.{i}.weight"] = official[f"extra_norms.{i}.bias"] = width
+    assert ours == official
+
+
 @pytest.mark.parametrize("name", sorted(GMACS_224))
 def test_flops_at_224(name: str) -> None:
     model = edge_biformer.create_model(name)
