@@ -242,19 +242,24 @@ class Rewriter:
     def verify_outputs(self) -> GraphCheck | None:
         """Run the rewritten graph with :func:`edge_biformer.cpu_session` on the inputs of :meth:`check`.
 
-        A graph with Q/DQ pairs is judged with fake quantization off on both sides (see
+        Judged output by output, and every replaced attention's output in place (the plugin node's
+        output keeps the attention output's name), each against its own range: a detection graph
+        whose outputs barely depend on one attention still fails on a wrong node. A graph with Q/DQ
+        pairs is judged with fake quantization off on both sides (see
         :class:`~edge_biformer.rewrite.checks.GraphCheck`); the comparison with it on is recorded.
         """
         if self.rewritten is None or self.rewritten is self.model or not self._values:
             return None
-        names = [o.name for o in self.model.graph.output]
+        outputs = [o.name for o in self.model.graph.output]
+        labels = {m.output.name: f"block {m.index} ({m.name}) attention output" for m in self.matches}
+        names = list(dict.fromkeys([*outputs, *labels]))
         expected = {name: self._values[name] for name in names}
         got = self._run_rewritten(self.rewritten, names)
         reduced = any(m.elem_type == onnx.TensorProto.FLOAT16 for m in self.matches)
         original_float, pairs = bypass_fake_quant(self.model)
         if pairs:
             rewritten_float, _ = bypass_fake_quant(self.rewritten)
-            float_expected = run_with_taps(original_float, [], self._feeds, self.info)
+            float_expected = run_with_taps(original_float, names, self._feeds, self.info)
             float_got = self._run_rewritten(rewritten_float, names)
             check = check_graph(
                 {n: float_expected[n] for n in names},
@@ -262,22 +267,34 @@ class Rewriter:
                 self.input_shapes,
                 reduced,
                 fake_quant_bypassed=pairs,
-                quantized=(expected, got),
+                quantized=({n: expected[n] for n in outputs}, {n: got[n] for n in outputs}),
+                labels=labels,
             )
         else:
-            check = check_graph(expected, got, self.input_shapes, reduced)
+            check = check_graph(expected, got, self.input_shapes, reduced, labels=labels)
         self.output_check = check
         if not check.passed:
             raise RewriteError(
-                f"{self.source}: the rewritten graph's outputs differ from the original's in onnxruntime: "
+                f"{self.source}: the rewritten graph's outputs differ from the original's in onnxruntime "
+                f"(graph outputs and replaced attention outputs, each on its own range): "
                 f"{'; '.join(check.comparison.failures)}; nothing was written. Please report this with the "
                 "input graph"
             )
         return check
 
     def _run_rewritten(self, model: onnx.ModelProto, names: list[str]) -> dict[str, Any]:
+        """Run ``model`` with :func:`edge_biformer.cpu_session`, ``names`` (outputs or inner tensors) out."""
         from edge_biformer.runtime.cpu import cpu_session
 
+        present = {o.name for o in model.graph.output}
+        extra = [n for n in names if n not in present]
+        if extra:
+            tapped = onnx.ModelProto()
+            tapped.CopyFrom(model)
+            for name in extra:
+                elem_type = self.info.elem_types.get(name, onnx.TensorProto.UNDEFINED)
+                tapped.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+            model = tapped
         return dict(zip(names, cpu_session(model).run(names, self._feeds), strict=True))
 
     def report(self) -> RewriteReport:
@@ -397,6 +414,14 @@ def run(options: RewriteOptions) -> RewriteReport:
             st.details.append(
                 f"{sum(c.passed for c in checks)}/{len(checks)} blocks equal the op reference (max rel diff "
                 f"{worst:.2e}) at {rewriter.input_shapes}"
+            )
+        for check in (c for c in checks if c.passed and c.inconclusive):
+            log(
+                f"warning: the check of block {check.index} is inconclusive: on these inputs the op with "
+                f"keys paired with the wrong values is as close to the original (max rel diff "
+                f"{check.wrong_pairing:.2e}) as the right pairing, i.e. the attention is near-uniform here; "
+                "the whole-graph check still compares every attention output in place; other input "
+                "shapes (--input-shape) may exercise the attention more"
             )
     try:
         with stage("rewrite") as st:
