@@ -12,6 +12,12 @@
   :data:`DISCRIMINATION` times the tolerance) the inputs do not exercise the attention
   (near-uniform weights, vanishing values): the check is reported as *inconclusive* (a warning in
   the log and the manifest), the block is not refused for it.
+* Real activations of a detection or segmentation graph often do not exercise an attention: after
+  SPPF's max pools a small map is nearly flat, every region routes to the same regions and every
+  pairing of keys and values gives the same output. Both checks therefore run a second time with
+  the matched q/k/v source tensors *overridden* by seeded random values of their recorded shapes
+  and spread (:func:`override_tensors`, :func:`exercise_feeds`); there a wrong pairing of keys and
+  values, a wrong head split or a misread layout changes every attention output.
 * :func:`check_graph` compares the rewritten graph (:func:`edge_biformer.cpu_session`) with the
   original (onnxruntime) on the same inputs, output by output, and every replaced attention's output
   in place (the plugin node's output tensor keeps the name of the attention output it replaces):
@@ -44,7 +50,9 @@ __all__ = [
     "bypass_qdq",
     "check_blocks",
     "check_graph",
+    "exercise_feeds",
     "make_feeds",
+    "override_tensors",
     "run_with_taps",
     "tolerance_name",
 ]
@@ -95,11 +103,19 @@ class BlockCheck(_Judged):
 
     index: int = -1
     wrong_pairing: float = math.inf
+    #: The same check with the q/k/v sources overridden by random values (None: not run).
+    exercised: BlockCheck | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Both the check on real activations and the one on random q/k/v (where run) pass."""
+        return self.comparison.passed and (self.exercised is None or self.exercised.passed)
 
     @property
     def inconclusive(self) -> bool:
-        """Whether the inputs did not exercise the attention enough for the check to mean anything."""
-        return self.wrong_pairing <= DISCRIMINATION * self.tolerance
+        """Whether no run of the check exercised the attention enough for it to mean anything."""
+        runs = [self] if self.exercised is None else [self, self.exercised]
+        return all(r.wrong_pairing <= DISCRIMINATION * r.tolerance for r in runs)
 
 
 @dataclass
@@ -117,6 +133,13 @@ class GraphCheck(_Judged):
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     fake_quant_bypassed: int = 0
     quantized: Comparison | None = None
+    #: The same comparison with the matched q/k/v overridden by random values (judged; None: not run).
+    exercised: Comparison | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Both comparisons (real inputs, and random q/k/v where run) pass."""
+        return self.comparison.passed and (self.exercised is None or self.exercised.passed)
 
     def to_dict(self) -> dict:
         """The rewrite manifest's ``verification`` record."""
@@ -129,6 +152,13 @@ class GraphCheck(_Judged):
             "outputs": self.comparison.outputs,
             "fake_quant_bypassed": self.fake_quant_bypassed,
         }
+        if self.exercised is not None:
+            record["with_random_qkv"] = {
+                "max_abs_diff": self.exercised.max_abs_diff,
+                "max_rel_diff": self.exercised.max_rel_diff,
+                "passed": self.exercised.passed,
+                "outputs": self.exercised.outputs,
+            }
         if self.quantized is not None:
             record["with_fake_quant"] = {
                 "max_abs_diff": self.quantized.max_abs_diff,
@@ -146,7 +176,12 @@ class GraphCheck(_Judged):
         )
         if self.fake_quant_bypassed:
             text += f", {self.fake_quant_bypassed} Q/DQ pairs bypassed on both sides"
-        text += f"): {'PASS' if self.passed else 'FAIL'}"
+        text += f"): {'PASS' if self.comparison.passed else 'FAIL'}"
+        if self.exercised is not None:
+            e = self.exercised
+            text += (
+                f"; with random q/k/v: max rel diff {e.max_rel_diff:.3e}: {'PASS' if e.passed else 'FAIL'}"
+            )
         if self.quantized is not None:
             q = self.quantized
             text += f"; with Q/DQ: max rel diff {q.max_rel_diff:.2e}, mean abs diff {q.mean_abs_diff:.2e}"
@@ -282,6 +317,51 @@ def run_with_taps(
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, dict(feeds))
     return dict(zip(names, values, strict=True))
+
+
+def override_tensors(model: onnx.ModelProto, examples: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` in which the tensors named in ``examples`` are graph inputs, not node outputs.
+
+    Their producers keep running (into a renamed, unread output), so everything else of the graph,
+    shape arithmetic included, is as before; only the readers of those tensors see the fed values
+    (of the type and shape of the example arrays). Names that are no node's output (graph inputs,
+    initializers) are left as they are.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    done: set[str] = set()
+    for node in copy.graph.node:
+        for i, out in enumerate(node.output):
+            if out in examples and out not in done:
+                done.add(out)
+                node.output[i] = f"{out}/edge_biformer_overridden"
+    for name in sorted(done):
+        value = examples[name]
+        elem_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        copy.graph.input.append(onnx.helper.make_tensor_value_info(name, elem_type, list(value.shape)))
+    kept = [v for v in copy.graph.value_info if v.name not in done]
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(kept)
+    return copy
+
+
+def exercise_feeds(
+    recorded: Mapping[str, np.ndarray], names: Sequence[str], seed: int = 1
+) -> dict[str, np.ndarray]:
+    """Seeded random values for the tensors ``names``: their recorded shape, dtype and spread.
+
+    Each tensor gets standard-normal values times the standard deviation of its recorded values
+    (1 where those are constant), so scales stay those the graph works at while every token, head
+    and region differs from its neighbours.
+    """
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys(names):
+        value = recorded[name]
+        spread = float(np.std(value.astype(np.float64))) if value.size else 1.0
+        spread = spread if math.isfinite(spread) and spread > 0 else 1.0
+        feeds[name] = (rng.standard_normal(value.shape) * spread).astype(value.dtype)
+    return feeds
 
 
 def _op_input(value: np.ndarray, source: Source, n_win: int) -> np.ndarray:

@@ -456,3 +456,48 @@ def sharpen(model: nn.Module, factor: float = 4.0) -> nn.Module:
             module.running_mean.uniform_(-0.2, 0.2, generator=gen)
             module.running_var.uniform_(0.5, 1.5, generator=gen)
     return model
+
+
+def export(model: nn.Module, x: Tensor, path: str, exporter: str, *, slim: bool = False) -> str:
+    """Export ``model`` at the static input ``x`` with ``exporter`` (``torchscript``/``dynamo``).
+
+    ``slim``: then simplify with onnxslim, as Ultralytics' exporter does (``simplify=True``).
+    """
+    import contextlib
+    import io
+    import warnings
+
+    model.eval()
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(
+                model,
+                (x,),
+                path,
+                input_names=["images"],
+                opset_version=17,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        elif exporter == "dynamo":
+            program = torch.onnx.export(
+                model,
+                (x,),
+                input_names=["images"],
+                opset_version=18,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+            program.save(path, external_data=False)
+        else:
+            raise ValueError(f"unknown exporter {exporter!r}")
+    if slim:
+        import onnx
+        import onnxslim
+
+        with contextlib.redirect_stdout(sink):
+            onnx.save(onnxslim.slim(onnx.load(path)), path)
+    return path
