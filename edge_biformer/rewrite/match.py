@@ -270,13 +270,9 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
             raise MatchFailure(
                 f"the routed {what} pass through {len(trace.gathers)} gathers; expected one", involved
             )
-        if trace.blocker is not None:
-            blocker = f"{trace.blocker.op} '{trace.blocker.name}'"
-            raise MatchFailure(
-                f"the {what} table is multiplied by a tensor (node {blocker}) before the gather; the plugin "
-                "reads the projected k/v maps as they are",
-                [*involved, trace.blocker],
-            )
+        # A walk that stops before the gather (in data flow) at a Mul/Div by a tensor only ends there:
+        # the op reads the table the gather read (e.g. an adaptive pooling decomposed into sums
+        # divided by per-bin counts, dynamo's export of a non-divisible ada_avgpool).
     if q_trace.gathers:
         raise MatchFailure("the queries of the attention pass through the routed gather", involved)
     if q_trace.blocker is not None and info.rank(q_trace.end) not in (4, 5):

@@ -228,43 +228,55 @@ def test_a_wrong_rewrite_of_a_detector_fails_the_graph_check(exported) -> None:
     assert rewriter.output_check is not None and not rewriter.output_check.passed
     exercised = rewriter.output_check.exercised
     assert exercised is not None and not exercised.passed
-    assert all(numbers["max_rel_diff"] > 1e-2 for numbers in exercised.outputs.values())
+    attention = rewriter.matches[0].output.name
+    assert exercised.outputs[attention]["max_rel_diff"] > 0.1
+    outputs = [o.name for o in rewritten.graph.output]
+    assert max(exercised.outputs[name]["max_rel_diff"] for name in outputs) > 1e-2
 
 
-def test_wrong_pairing_is_caught_by_the_block_check(exported, tmp_path: Path) -> None:
-    """A module that pairs keys with shifted values in the original: the block check refuses it."""
+def _swapped_key_tokens(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, graph: Tensor, region: tuple[int, int]
+) -> Tensor:
+    """:func:`routed_attention_nchw` with the tokens of each key region transposed (rows <-> cols):
+    only layout ops, so the structure matches, but keys no longer meet their own values."""
+    batch, heads, q_regions, topk = graph.shape
+    rows, cols = region
+    q_seq, grid_h, grid_w = M._regions_of(q, rows, cols, heads)
+    b, c, height, width = k.shape
+    k_seq = k.view(b, heads, c // heads, height // rows, rows, width // cols, cols)
+    k_seq = torch.einsum("bmdhpwq->bmhwqpd", k_seq).flatten(2, 3).flatten(-3, -2)
+    v_seq = M._regions_of(v, rows, cols, heads)[0]
+    _, _, kv_regions, tokens, head_dim = k_seq.shape
+    index = graph.view(batch, heads, q_regions, topk, 1, 1).expand(-1, -1, -1, -1, tokens, head_dim)
+    k_all = k_seq.view(batch, heads, 1, kv_regions, tokens, head_dim).expand(-1, -1, q_regions, -1, -1, -1)
+    v_all = v_seq.view(batch, heads, 1, kv_regions, tokens, head_dim).expand(-1, -1, q_regions, -1, -1, -1)
+    k_sel = torch.gather(k_all, dim=3, index=index)
+    v_sel = torch.gather(v_all, dim=3, index=index)
+    logits = (q_seq * scale) @ k_sel.flatten(-3, -2).transpose(-1, -2)
+    out = torch.softmax(logits, dim=-1) @ v_sel.flatten(-3, -2)
+    return M._map_of(out, grid_h, grid_w, rows, cols)
 
-    class Shifted(M.NchwBRA):
-        def forward(self, x: Tensor) -> Tensor:
-            _, _, height, width = x.size()
-            region = (height // self.n_win, width // self.n_win)
-            q, k, v = self.qkv_linear(x).chunk(3, dim=1)
-            q_means = torch.nn.functional.avg_pool2d(q, kernel_size=region, ceil_mode=True)
-            k_means = torch.nn.functional.avg_pool2d(k, kernel_size=region, ceil_mode=True)
-            _, index = torch.topk(
-                q_means.permute(0, 2, 3, 1).flatten(1, 2) @ k_means.flatten(2, 3), k=self.topk
-            )
-            graph = index.unsqueeze_(1).expand(-1, self.num_heads, -1, -1)
-            v_wrong = torch.roll(v, 1, dims=3)  # a data move: the structure still matches
-            return self.output_linear(M.routed_attention_nchw(q, k, v_wrong, self.scale, graph, region))
 
+def test_a_block_that_computes_something_else_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Keys paired with the wrong values inside the original module: the block check refuses it."""
+    monkeypatch.setattr(M, "routed_attention_nchw", _swapped_key_tokens)
     torch.manual_seed(0)
-    model = M.sharpen(Shifted(64, num_heads=2, n_win=7, topk=4)).eval()
-    source = tmp_path / "shifted.onnx"
+    model = M.sharpen(M.NchwBRA(64, num_heads=2, n_win=7, topk=4)).eval()
+    source = tmp_path / "swapped.onnx"
     M.export(model, torch.randn(1, 64, 28, 28), str(source), "torchscript")
-    with pytest.raises(RewriteError, match=r"block 0 \(.*\): its structure matches, but"):
+    with pytest.raises(RewriteError, match=r"block 0 \(.*\): its structure matches, but on real activations"):
         rewrite_onnx(source, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
 
 
 def test_non_square_region_grid_is_refused(tmp_path: Path) -> None:
-    """20x30 with n_win=7: 2x4-token regions, a 10x7 grid; the op needs S x S regions."""
+    """20x30 with n_win=7: 2x4-token regions, a 10x8 grid (30 padded to 32); the op needs S x S regions."""
     torch.manual_seed(0)
     model = M.NchwBRA(64, num_heads=2, n_win=7, topk=4).eval()
     source = tmp_path / "wide.onnx"
     M.export(model, torch.randn(1, 64, 20, 30), str(source), "torchscript")
     with pytest.raises(
-        RewriteError, match=r"block 0 \(.*\): the routing logits .* have 70 regions, not a square"
+        RewriteError, match=r"block 0 \(.*\): the routing logits .* have 80 regions, not a square"
     ):
         rewrite_onnx(source, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
