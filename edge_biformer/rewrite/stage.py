@@ -441,7 +441,7 @@ def run(options: RewriteOptions) -> RewriteReport:
     if not options.verify and rewriter.matches:
         log(
             "warning: --no-verify: the blocks are replaced on their structure alone; a layout the matcher "
-            "misreads (e.g. channels moved by a Transpose before the q/k/v split) would go unnoticed. "
+            "misreads (e.g. tokens reordered inside a region by layout ops alone) would go unnoticed. "
             "Check the result with edge_biformer.cpu_session against the original graph"
         )
     if options.verify and rewriter.matches:
