@@ -54,6 +54,38 @@ class TransposedProjectionBRA(M.NchwBRA):
         return self.output_linear(out + self.lepe(v))
 
 
+class HalfSizeKeysBRA(M.NchwBRA):
+    """Keys and values on a map of half the queries' size (rrsda's ``kv_region_size``): Hk != Hq.
+
+    The form of deformable and agent-query variants (DeBiFormer): same region grid, other region
+    sizes for queries and keys.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, height, width = x.size()
+        region = (height // self.n_win, width // self.n_win)
+        kv_region = (region[0] // 2, region[1] // 2)
+        q, k, v = self.qkv_linear(x).chunk(3, dim=1)
+        k, v = torch.nn.functional.avg_pool2d(k, 2), torch.nn.functional.avg_pool2d(v, 2)
+        q_means = torch.nn.functional.avg_pool2d(q, kernel_size=region, ceil_mode=True)
+        k_means = torch.nn.functional.avg_pool2d(k, kernel_size=kv_region, ceil_mode=True)
+        _, index = torch.topk(q_means.permute(0, 2, 3, 1).flatten(1, 2) @ k_means.flatten(2, 3), k=self.topk)
+        graph = index.unsqueeze_(1).expand(-1, self.num_heads, -1, -1)
+        batch, heads = q.shape[0], self.num_heads
+        q_seq, grid_h, grid_w = M._regions_of(q, *region, heads)
+        k_seq = M._regions_of(k, *kv_region, heads)[0]
+        v_seq = M._regions_of(v, *kv_region, heads)[0]
+        _, _, kv_regions, tokens, d = k_seq.shape
+        q_regions = q_seq.size(2)
+        index = graph.view(batch, heads, q_regions, self.topk, 1, 1).expand(-1, -1, -1, -1, tokens, d)
+        k_all = k_seq.view(batch, heads, 1, kv_regions, tokens, d).expand(-1, -1, q_regions, -1, -1, -1)
+        v_all = v_seq.view(batch, heads, 1, kv_regions, tokens, d).expand(-1, -1, q_regions, -1, -1, -1)
+        k_sel, v_sel = torch.gather(k_all, 3, index), torch.gather(v_all, 3, index)
+        logits = (q_seq * self.scale) @ k_sel.flatten(-3, -2).transpose(-1, -2)
+        out = torch.softmax(logits, dim=-1) @ v_sel.flatten(-3, -2)
+        return self.output_linear(M._map_of(out, grid_h, grid_w, *region))
+
+
 def _legacy(mode: str) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         return M.LegacyBRA(
@@ -76,6 +108,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[int], list
         [7],
         [False],
     ),
+    # 28x28 queries in 4x4-token regions, 14x14 keys/values in 2x2-token regions
+    "nchw_half_kv": (lambda: HalfSizeKeysBRA(64, num_heads=2, n_win=7, topk=4), (1, 64, 28, 28), [7], [True]),
     "ada_avgpool": (_legacy("ada_avgpool"), (1, 28, 28, 64), [7], [True]),
     "ada_maxpool": (_legacy("ada_maxpool"), (1, 28, 28, 64), [7], [True]),
     "maxpool": (_legacy("maxpool"), (1, 28, 28, 64), [7], [True]),
@@ -105,6 +139,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[int], list
 }
 
 FAST_SLIM = {"nchw_20", "ada_avgpool", "det_c2bra", "det_biformer_block"}
+#: kv_region (tokens per key/value region) per case where it differs from the query regions
+KV_REGIONS = {"nchw_half_kv": [[2, 2]], "ada_avgpool": [[2, 2]], "det_biformer_block": [[2, 2]]}
 
 
 def _params() -> list:
@@ -163,6 +199,8 @@ def test_rewrite_deployed_forms(exported, tmp_path: Path, name: str, exporter: s
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in plugins]
     assert [a["n_win"] for a in attrs] == n_wins  # the geometry the graph computes
     assert [b["kv_pooled"] for b in report.blocks] == pooled
+    if name in KV_REGIONS:
+        assert [b["kv_region"] for b in report.blocks] == KV_REGIONS[name]
     assert not any(n.op_type in ("GatherElements", "Einsum") for n in rewritten.graph.node)
     # The checks could fail: with random q/k/v a wrong pairing of keys and values is far off.
     for check in report.block_checks:
