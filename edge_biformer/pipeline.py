@@ -285,7 +285,7 @@ def _start_from_onnx(b: _Build) -> None:
         log(
             f"from-onnx: model {fields['model']} and its weights taken from {manifests.manifest_path(source)}"
         )
-    b.img_size = graph_interface(source).image_size or b.options.img_size
+    b.img_size = graph_interface(source).image_size or b.options.img_size or _exported_size(b.manifest)
     if kind == "plain":
         b.record("onnx", source)
     elif kind == "plugin":  # checked in cpu_session like a graph this build rewrote
@@ -312,6 +312,19 @@ def _start_from_onnx(b: _Build) -> None:
         )
         b.manifest["note"] = "no BRA block: built without the plugin rewrite"
         b.options = replace(b.options, rewrite=None)
+
+
+def _exported_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    """The image size a dynamic-H/W graph was exported and verified at (its export manifest), said."""
+    for record in manifests.sources(manifest):
+        size = ((record.get("manifest") or {}).get("options") or {}).get("img_size")
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            log(
+                f"{record.get('path')} has a dynamic H/W input: building for {size[0]}x{size[1]}, the size "
+                "it was exported at (--img-size for another)"
+            )
+            return int(size[0]), int(size[1])
+    return None
 
 
 def _has_bra(path: Path) -> bool:

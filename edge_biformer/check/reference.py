@@ -84,7 +84,10 @@ def module_outputs(value: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
             f"the PyTorch module returns {len(flat)} tensors, the graph has {len(names)} outputs "
             f"({', '.join(names)}): the module is not the model the graph was exported from"
         )
-    return {n: v.detach().float().cpu().numpy() for n, v in zip(names, flat, strict=True)}
+    # Contiguous: a backbone's stage outputs are often permuted views, which Polygraphy cannot save.
+    return {
+        n: np.ascontiguousarray(v.detach().float().cpu().numpy()) for n, v in zip(names, flat, strict=True)
+    }
 
 
 def _pytorch(model: Any, description: str, output_names: Sequence[str] = (OUTPUT_NAME,)) -> Reference:

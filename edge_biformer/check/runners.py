@@ -136,7 +136,7 @@ def float32_outputs(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
     out = {}
     for name, value in outputs.items():
         a = np.asarray(value)
-        out[name] = a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+        out[name] = np.ascontiguousarray(a, np.float32 if np.issubdtype(a.dtype, np.floating) else None)
     return out
 
 

@@ -20,7 +20,7 @@ from edge_biformer.stages import PRECISIONS
 from edge_biformer.utils import log
 
 GROUPS = (
-    ModelArgs(required=False),
+    ModelArgs(required=False, dense=True),
     ImageSizeArgs(help="input size (default: the graph's, else 224)"),
     ExportArgs(full=False),
     CalibArgs(),

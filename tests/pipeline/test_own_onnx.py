@@ -171,3 +171,30 @@ def test_bad_inputs_give_one_error_and_no_partial_output(tmp_path: Path, capsys)
 
     with pytest.raises(EdgeBiformerError, match="unknown --preprocess 'bogus'; the presets are: imagenet"):
         preset("bogus")
+
+
+def test_backbone_int8_build_checks_all_four_outputs(tmp_path: Path, capsys) -> None:
+    """A 4-output dense backbone (features_only, auto_pad) at a padded size, INT8 calibrated: each stage
+    output is checked against PyTorch on its own range, and the printed onnxruntime commands pass."""
+    from tests.reduced_model import arch_args
+
+    out = tmp_path / "backbone"
+    rc = main([
+        "build", "--model", "biformer_tiny", *arch_args(), "--features-only", "--img-size", "100x132",
+        "--precision", "int8", "--preprocess", "imagenet-resize", "--check-num", "16", "-o", str(out),
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [o["name"] for o in manifest["outputs"]] == ["feat0", "feat1", "feat2", "feat3"]
+    assert manifest["profile"]["shapes"]["opt"] == [8, 3, 100, 132]
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"]["runner"] == "pytorch"
+    rows = [c for c in report["comparisons"] if c["status"] != "skipped"]
+    assert len(rows) == 3  # the export, the INT8 graph and the plugin graph
+    for row in rows:
+        assert row["status"] == "pass" and list(row["outputs"]) == ["feat0", "feat1", "feat2", "feat3"]
+        assert all(o["kind"] == "dense" and o["min_cosine"] > 0.98 for o in row["outputs"].values())
+    plugin = onnx.load(str(out / "model.int8.plugin.onnx"))
+    assert sum(n.op_type == "BiLevelRoutingAttention" for n in plugin.graph.node) == 3  # topks [2,4,6,-2]
+    assert _run_onnxrt_commands(out / "report.json") == 2
