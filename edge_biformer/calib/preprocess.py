@@ -127,14 +127,17 @@ class Preprocess:
             )
         if not 0.0 < self.crop_pct <= 1.0:
             raise CalibrationDataError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if not 0 <= self.pad_value <= 255:
+            raise CalibrationDataError(f"pad_value must be in 0..255, got {self.pad_value}")
 
     def describe(self, img_size: int | Sequence[int] | None = None) -> str:
         """One line: ``imagenet: resize 256 bicubic, center crop 224x224, ImageNet mean/std, RGB``."""
         size = image_hw(img_size) if img_size is not None else None
         if self.resize == "crop":
+            target = resize_size(size, self.crop_pct) if size else None
+            target = f"{target[0]}x{target[1]}" if isinstance(target, tuple) else target
             geometry = (
-                f"resize {resize_size(size, self.crop_pct)} {self.interpolation}, "
-                f"center crop {size[0]}x{size[1]}"
+                f"resize {target} {self.interpolation}, center crop {size[0]}x{size[1]}"
                 if size
                 else f"resize to size/{self.crop_pct:g} {self.interpolation}, center crop"
             )
@@ -162,9 +165,18 @@ class Preprocess:
     def from_dict(cls, record: Mapping[str, Any]) -> Preprocess:
         """The recipe of a manifest's ``preprocess`` record (unknown keys are ignored)."""
         fields = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
-        for key in ("mean", "std"):
-            if key in fields:
-                fields[key] = tuple(float(v) for v in fields[key])
+        convert: dict[str, Any] = {"crop_pct": float, "pad_value": int, "name": str}
+        try:
+            for key in ("mean", "std"):
+                if key in fields:
+                    if isinstance(fields[key], (str, bytes)) or not isinstance(fields[key], Sequence):
+                        raise TypeError(f"a list of numbers, got {fields[key]!r}")
+                    fields[key] = tuple(float(v) for v in fields[key])
+            for key, kind in convert.items():
+                if key in fields:
+                    fields[key] = kind(fields[key])
+        except (TypeError, ValueError) as err:
+            raise CalibrationDataError(f"{key} is malformed ({err})") from None
         return cls(**fields)
 
     def apply(self, image: Any, img_size: int | Sequence[int], channels: int = 3) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""``edge-biformer predict``: top-k classes of images with an engine or an ONNX graph."""
+"""``edge-biformer predict``: top-k classes (classifiers) or output statistics (dense outputs) of images
+with an engine or an ONNX graph."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``predict``."""
     parser = subparsers.add_parser(
         "predict",
-        help="top-k classes of images with a TensorRT engine or an ONNX graph (CPU)",
+        help="top-k classes (or output statistics) of images with a TensorRT engine or an ONNX graph (CPU)",
         description=(
-            "Preprocess images as the model's manifests record (the official evaluation transform at its "
-            "input size), run them through a TensorRT engine or an ONNX graph (onnxruntime on the CPU, "
-            "plugin graphs included) and print the top-k classes of each. Folders are searched "
+            "Preprocess images as the model's build recorded (its --preprocess recipe; without a record, "
+            "the official evaluation transform) at its input size, run them through a TensorRT engine or "
+            "an ONNX graph (onnxruntime on the CPU, plugin graphs included; the graph's own input name and "
+            "channels) and print the top-k classes of a classifier, or for models with dense outputs "
+            "(detector heads, maps) the name, shape and min/max/mean of every output. Folders are searched "
             "recursively; unreadable images are skipped with a message. Without SOURCE, the built-in demo "
             "photographs are used."
         ),
@@ -43,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--save-input",
         metavar="PATH.npy",
-        help="write the preprocessed N x 3 x H x W float32 tensors (input of samples/cpp/classify)",
+        help="write the preprocessed N x C x H x W float32 tensors (input of samples/cpp/classify)",
     )
     add_groups(parser, [ImageSizeArgs(help="input size, where no manifest records it"), RuntimeArgs()])
     parser.set_defaults(func=run)
@@ -101,11 +104,18 @@ class _Progress:
 
 
 def _format(prediction: Any, width: int) -> str:
+    """One line per image: its top-k classes, else each output's name, shape and min/max/mean."""
+    from edge_biformer.runtime.predictor import summary
+
     name = prediction.source
     if prediction.top:
         classes = "  ".join(f"{c.probability:6.1%} {c.label}" for c in prediction.top)
         return f"  {name:<{width}s}  {classes}"
-    return f"  {name:<{width}s}  features {list(prediction.features.shape)}"
+    parts = []
+    for output, value in prediction.outputs.items():
+        s = summary(value)
+        parts.append(f"{output} {s['shape']} min {s['min']:.4g} max {s['max']:.4g} mean {s['mean']:.4g}")
+    return f"  {name:<{width}s}  " + "  |  ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     )
     log(
         f"predict: {model} ({predictor.backend}), {len(images)} images, batch {predictor.batch_size}, "
-        f"preprocessing: {predictor.preprocessing.describe()}"
+        f"preprocess: {predictor.preprocessing.describe()}"
         + (f", {ignored} non-image files ignored" if ignored else "")
     )
     from edge_biformer.manifest import model_fields
@@ -180,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         with atomic_output(args.save_input, suffix=".npy") as tmp, open(tmp, "wb") as f:
             np.save(f, np.stack(saved))
         h, w = saved[0].shape[1:]
-        log(f"preprocessed inputs -> {args.save_input} ({len(saved)} x 3 x {h} x {w} float32)")
+        c = saved[0].shape[0]
+        log(f"preprocessed inputs -> {args.save_input} ({len(saved)} x {c} x {h} x {w} float32)")
     labels = f", labels: {predictor.labels_source}" if predictor.labels_source else ""
     log(
         f"predicted {len(predictions)} of {len(images)} images in {seconds:.2f} s"
@@ -191,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         report = {
             "model": str(model),
             "backend": predictor.backend,
-            "preprocessing": predictor.preprocessing.to_dict(),
+            "input": predictor.input_name,
+            "preprocess": predictor.preprocessing.to_dict(),
             "labels": predictor.labels_source,
             "predictions": [p.to_dict() for p in predictions],
             "skipped": [{"source": s, "reason": r} for s, r in [*missing, *skipped]],

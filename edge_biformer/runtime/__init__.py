@@ -1,5 +1,6 @@
 """Running models: ``cpu_session`` (onnxruntime with the plugin ops on the CPU), :class:`Engine` (a
-TensorRT plan from Python), :class:`Predictor` (images in, top-k classes out, on either)."""
+TensorRT plan from Python), :class:`Predictor` (images in, every output by name and a classifier's
+top-k out, on either)."""
 
 from typing import TYPE_CHECKING, Any
 

@@ -346,6 +346,22 @@ class Engine:
         with self._lock:
             return self._run_numpy(x)
 
+    def run_all(self, batch: Any) -> dict[str, np.ndarray]:
+        """Every output by name for a numpy ``batch`` (``N x C x H x W``), in chunks of the profile's max.
+
+        Raises :class:`EngineError` as :meth:`run` does.
+        """
+        if self._closed:
+            raise EngineError(f"the engine {self.path} was closed")
+        x = np.ascontiguousarray(batch, dtype=self.input.dtype)
+        if x.ndim != len(self.input.shape):
+            raise EngineError(f"{self.path} takes a {self.input.shape} input, got shape {x.shape}")
+        chunks = []
+        for i in range(0, x.shape[0], self.max_batch):
+            with self._lock:
+                chunks.append(self._run_numpy_all(x[i : i + self.max_batch]))
+        return {t.name: np.concatenate([c[t.name] for c in chunks]) for t in self.outputs}
+
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         lo, _, hi = self.profile
         if any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=True)):
@@ -395,6 +411,9 @@ class Engine:
             raise EngineError(f"TensorRT enqueueV3 failed for {self.path} (see TensorRT's messages above)")
 
     def _run_numpy(self, x: np.ndarray) -> np.ndarray:
+        return self._run_numpy_all(x, first_only=True)[self.outputs[0].name]
+
+    def _run_numpy_all(self, x: np.ndarray, first_only: bool = False) -> dict[str, np.ndarray]:
         cudart = self._cudart
         buffers = self._buffers_for(tuple(x.shape))
         name = self.input.name
@@ -408,14 +427,17 @@ class Engine:
             "cudaMemcpyAsync (input)",
         )
         self._enqueue(buffers)
-        out = self.outputs[0].name
-        host = buffers.host[out]
-        _check(
-            cudart.cudaMemcpyAsync(host.ctypes.data, buffers.device[out], host.nbytes, d2h, self._stream),
-            "cudaMemcpyAsync (output)",
-        )
+        wanted = self.outputs[:1] if first_only else self.outputs
+        for t in wanted:
+            host = buffers.host[t.name]
+            _check(
+                cudart.cudaMemcpyAsync(
+                    host.ctypes.data, buffers.device[t.name], host.nbytes, d2h, self._stream
+                ),
+                f"cudaMemcpyAsync (output {t.name})",
+            )
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return host.copy()
+        return {t.name: buffers.host[t.name].copy() for t in wanted}
 
     def _run_torch(self, batch: Any) -> Any:
         import torch

@@ -1,4 +1,4 @@
-"""Images in, classes out: the preprocessing recorded for a model, its runtime, and the postprocessing.
+"""Images in, outputs out: the preprocessing recorded for a model, its runtime, and the postprocessing.
 
 ::
 
@@ -6,20 +6,23 @@
 
     predictor = Predictor("tiny-int8/model.int8.engine")      # or any .onnx, on the CPU
     for p in predictor.predict(["cat.jpg", "dog.png"]):
-        print(p.source, p.top[0].label, p.top[0].probability)
+        print(p.source, p.top[0].label, p.top[0].probability)  # a classifier
+        print({name: v.shape for name, v in p.outputs.items()})  # every output, by name
 
 * **Runtime** by the file: a ``.engine`` runs in TensorRT (:class:`~edge_biformer.runtime.engine.Engine`),
   an ``.onnx`` in onnxruntime on the CPU through :func:`~edge_biformer.runtime.cpu.cpu_session`, which
   also runs rewritten graphs (the plugin op in Python) and FP16/INT8 graphs at the right optimisation
-  level.
-* **Preprocessing** (:class:`~edge_biformer.runtime.preprocessing.Preprocessing`): what the manifests
-  record, read by :func:`~edge_biformer.runtime.preprocessing.read_preprocessing` (the one reader of
-  that record); without a record, the official evaluation transform our build uses
-  (:func:`edge_biformer.calib.preprocess_image`: bicubic resize by ``crop_pct``, center crop, ImageNet
-  mean/std) at the input size the manifests record, else the graph's or engine's static input size.
-* **Postprocessing** by the model kind: a classifier (an ``N x C`` output, ``num_classes > 0``) gives
-  the softmax top-k with names (:func:`~edge_biformer.runtime.labels.resolve_labels`); a backbone
-  (``num_classes=0``, or a feature map output) gives its features.
+  level. The graph's own input (name, channel count, static batch) is fed, as
+  :func:`edge_biformer.onnx_io.graph_interface` reads it, so graphs of one's own (``build --onnx``) run too.
+* **Preprocessing** (:class:`~edge_biformer.runtime.preprocessing.Preprocessing`): the build's recorded
+  :class:`~edge_biformer.calib.preprocess.Preprocess` recipe (the manifest's ``preprocess``), read by
+  :func:`~edge_biformer.runtime.preprocessing.read_preprocessing`; without a record, the ``imagenet``
+  preset (the official evaluation transform), at the input size the manifests record, else the graph's or
+  engine's static input size.
+* **Postprocessing** by the output kind: every output is returned by name (:attr:`Prediction.outputs`);
+  the classifier output (the one rank-2 ``N x C`` output, ``num_classes`` not 0) also gives the softmax
+  top-k with names (:func:`~edge_biformer.runtime.labels.resolve_labels`); dense outputs (detector heads,
+  segmentation maps, feature maps) are left as arrays.
 
 Outputs with NaN or Inf are an error, never a prediction. A :class:`Predictor` is as thread-safe as its
 runtime (onnxruntime sessions are; an :class:`Engine` serialises its runs).
@@ -42,6 +45,7 @@ from edge_biformer.runtime.preprocessing import Preprocessing, read_preprocessin
 __all__ = [
     "ClassScore",
     "ImageReadError",
+    "OutputInfo",
     "Prediction",
     "Predictor",
     "Preprocessing",
@@ -91,28 +95,55 @@ class ClassScore:
     logit: float
 
 
+@dataclass(frozen=True)
+class OutputInfo:
+    """One output of the model: its name, shape (``N`` or ``?`` for dynamic dims) and kind.
+
+    ``kind`` is ``classifier`` for a rank-2 ``[N, classes]`` output, else ``dense`` (feature maps,
+    detection heads, segmentation maps), as :func:`edge_biformer.onnx_io.output_kind` says and build
+    manifests record.
+    """
+
+    name: str
+    shape: tuple[int | str, ...]
+    kind: str
+
+
 @dataclass
 class Prediction:
-    """What the model says about one image: top-k classes (classifier) or features (backbone)."""
+    """What the model says about one image: every output by name, and the top-k of a classifier.
+
+    ``outputs`` holds this image's slice of each output (``outputs[name]`` has the output's shape
+    without the batch dim). ``top`` is filled for the model's classifier output (see
+    :attr:`Predictor.classifier_output`), empty otherwise.
+    """
 
     source: str
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
     top: list[ClassScore] = field(default_factory=list)
-    features: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (features as their shape and norm only)."""
+        """JSON-friendly form: the top-k, and each output as its shape and min/max/mean."""
         data: dict[str, Any] = {"source": self.source}
         if self.top:
             data["top"] = [
                 {"index": c.index, "label": c.label, "probability": c.probability, "logit": c.logit}
                 for c in self.top
             ]
-        if self.features is not None:
-            data["features"] = {
-                "shape": list(self.features.shape),
-                "l2_norm": float(np.linalg.norm(self.features)),
-            }
+        data["outputs"] = {name: summary(value) for name, value in self.outputs.items()}
         return data
+
+
+def summary(value: np.ndarray) -> dict[str, Any]:
+    """``{shape, min, max, mean}`` of an array (what ``predict`` prints for a dense output)."""
+    v = np.asarray(value)
+    stats = v.astype(np.float64) if v.size else np.zeros(1)
+    return {
+        "shape": list(v.shape),
+        "min": float(stats.min()),
+        "max": float(stats.max()),
+        "mean": float(stats.mean()),
+    }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -123,31 +154,45 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _shape(dims: Sequence[Any]) -> tuple[int | str, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else ("N" if i == 0 else "?") for i, d in enumerate(dims))
+
+
 class _OnnxRuntime:
     """An ONNX graph in onnxruntime on the CPU (plugin nodes included), at a static or dynamic batch."""
 
     def __init__(self, path: Path) -> None:
+        from onnx import TensorProto
+
+        from edge_biformer.onnx_io import graph_interface, output_kind
         from edge_biformer.runtime.cpu import cpu_session
 
+        io = graph_interface(path)
         self.session = cpu_session(path)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        dims = inp.shape[2:]
-        self.image_size = (dims[0], dims[1]) if all(isinstance(d, int) for d in dims) else None
+        self.input_name = io.input.name
+        self.input_dtype = np.float16 if io.input.elem_type == TensorProto.FLOAT16 else np.float32
+        self.channels = io.channels
+        self.static_batch = io.static_batch
+        self.image_size = io.image_size
+        self.outputs = [OutputInfo(o.name, _shape(o.dims), output_kind(o)) for o in io.outputs]
         self.kind = "cpu_session" if type(self.session).__name__ == "CpuSession" else "onnxruntime"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        return [np.asarray(o) for o in self.session.run(None, feed)]
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.outputs]
         if self.static_batch is None:
-            return np.asarray(self.session.run(None, {self.input_name: x})[0])
+            return dict(zip(names, self._run(x), strict=True))
         n, b = x.shape[0], self.static_batch
-        outs = []
+        chunks: list[list[np.ndarray]] = []
         for start in range(0, n, b):
             chunk = x[start : start + b]
             if chunk.shape[0] < b:  # pad a short last chunk to the graph's static batch
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - chunk.shape[0], axis=0)])
-            outs.append(np.asarray(self.session.run(None, {self.input_name: chunk})[0]))
-        return np.concatenate(outs)[:n]
+            chunks.append(self._run(chunk))
+        return {name: np.concatenate([c[i] for c in chunks])[:n] for i, name in enumerate(names)}
 
     def close(self) -> None:
         self.session = None
@@ -159,17 +204,28 @@ class _TensorRTRuntime:
 
         self.engine = Engine(path, plugin_library)
         self.image_size: tuple[int, int] | None = self.engine.image_size
+        self.channels = int(self.engine.input.shape[1])
+        self.input_name = self.engine.input.name
+        self.outputs = [
+            OutputInfo(t.name, _shape(t.shape), "classifier" if len(t.shape) == 2 else "dense")
+            for t in self.engine.outputs
+        ]
         self.kind = "tensorrt"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.engine.run(x))
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.engine.run_all(x)
 
     def close(self) -> None:
         self.engine.close()
 
 
 class Predictor:
-    """Preprocess images, run an engine or ONNX graph, and return top-k classes or features.
+    """Preprocess images, run an engine or ONNX graph, and return every output (and a classifier's top-k).
+
+    The graph's own input name and channel count are fed (a graph of one's own, ``build --onnx``, has
+    its own); every output comes back by name. Top-k postprocessing applies to the classifier output:
+    the one rank-2 ``[N, classes]`` output (kind ``classifier`` in the build manifest) of a model with
+    ``num_classes`` not 0. Dense outputs (detector heads, maps, features) are returned as arrays.
 
     Args:
         model: a ``.engine`` (TensorRT) or ``.onnx`` (onnxruntime on the CPU, plugin graphs included).
@@ -207,7 +263,11 @@ class Predictor:
             )
         self.manifest, self.build_manifest = artifact_manifests(self.path)
         self.preprocessing: Preprocessing = read_preprocessing(
-            self.manifest, self.build_manifest, img_size or self.runtime.image_size
+            self.manifest,
+            self.build_manifest,
+            img_size or self.runtime.image_size,
+            channels=self.runtime.channels,
+            artifact=self.path,
         )
         if img_size is not None:
             self.preprocessing = dataclasses.replace(
@@ -221,11 +281,30 @@ class Predictor:
         self.labels_source: str | None = None
         config = self.manifest.get("config") or {}
         self.num_classes_config = config.get("num_classes") if isinstance(config, Mapping) else None
+        recorded = {
+            o.get("name"): o.get("kind")
+            for o in self.build_manifest.get("outputs") or []
+            if isinstance(o, Mapping)
+        }
+        #: The model's outputs, in graph order (kinds as the build manifest records them, else by rank).
+        self.outputs: list[OutputInfo] = [
+            dataclasses.replace(o, kind=recorded.get(o.name) or o.kind) for o in self.runtime.outputs
+        ]
+        classifiers = [o.name for o in self.outputs if o.kind == "classifier" and len(o.shape) == 2]
+        #: The output top-k is computed on (``None``: none, or more than one rank-2 output).
+        self.classifier_output: str | None = (
+            classifiers[0] if len(classifiers) == 1 and self.num_classes_config != 0 else None
+        )
 
     @property
     def backend(self) -> str:
         """``tensorrt``, ``onnxruntime`` or ``cpu_session``."""
         return self.runtime.kind
+
+    @property
+    def input_name(self) -> str:
+        """The name of the graph's (engine's) image input."""
+        return str(self.runtime.input_name)
 
     def labels(self, num_classes: int) -> list[str]:
         """The class names (resolved once)."""
@@ -235,30 +314,35 @@ class Predictor:
             self._labels, self.labels_source = resolve_labels(num_classes, self.manifest, self._labels_arg)
         return self._labels
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Raw outputs for a preprocessed ``N x 3 x H x W`` batch; NaN/Inf is an error."""
-        out = np.asarray(self.runtime(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
-        if not np.isfinite(out).all():
-            bad = int((~np.isfinite(out)).sum())
-            raise EdgeBiformerError(
-                f"{self.path} returned {bad} NaN/Inf values for a batch of {batch.shape[0]}: the model or "
-                "its runtime is broken (check it with `edge-biformer check` on its build folder)"
-            )
-        return out
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name for a preprocessed ``N x C x H x W`` batch; NaN/Inf is an error."""
+        outputs = self.runtime(np.ascontiguousarray(batch, dtype=np.float32))
+        for name, out in outputs.items():
+            finite = np.isfinite(out) if np.issubdtype(out.dtype, np.inexact) else np.ones(1, bool)
+            if not finite.all():
+                bad = int((~finite).sum())
+                raise EdgeBiformerError(
+                    f"{self.path} returned {bad} NaN/Inf values in its output '{name}' for a batch of "
+                    f"{batch.shape[0]}: the model or its runtime is broken (check it with "
+                    "`edge-biformer check` on its build folder)"
+                )
+        return outputs
 
-    def postprocess(self, outputs: np.ndarray, sources: Sequence[str]) -> list[Prediction]:
-        """Top-k classes per row (classifier) or the feature rows (backbone)."""
-        is_classifier = outputs.ndim == 2 and self.num_classes_config != 0
-        if not is_classifier:
-            return [Prediction(source=s, features=o) for s, o in zip(sources, outputs, strict=True)]
-        names = self.labels(outputs.shape[1])
-        probs = softmax(outputs)
-        k = min(self.top_k, outputs.shape[1])
-        predictions = []
-        for s, logit, prob in zip(sources, outputs, probs, strict=True):
+    def postprocess(self, outputs: Mapping[str, np.ndarray], sources: Sequence[str]) -> list[Prediction]:
+        """One :class:`Prediction` per image: its slice of every output, top-k of the classifier output."""
+        predictions = [
+            Prediction(source=s, outputs={name: value[i] for name, value in outputs.items()})
+            for i, s in enumerate(sources)
+        ]
+        if self.classifier_output is None:
+            return predictions
+        logits = np.asarray(outputs[self.classifier_output], dtype=np.float32)
+        names = self.labels(logits.shape[1])
+        probs = softmax(logits)
+        k = min(self.top_k, logits.shape[1])
+        for p, logit, prob in zip(predictions, logits, probs, strict=True):
             order = np.argsort(-prob, kind="stable")[:k]
-            top = [ClassScore(int(i), names[int(i)], float(prob[i]), float(logit[i])) for i in order]
-            predictions.append(Prediction(source=s, top=top))
+            p.top = [ClassScore(int(i), names[int(i)], float(prob[i]), float(logit[i])) for i in order]
         return predictions
 
     def predict(self, images: Iterable[Any]) -> list[Prediction]:
@@ -275,8 +359,11 @@ class Predictor:
     def predict_tensors(self, batch: np.ndarray, sources: Sequence[str] | None = None) -> list[Prediction]:
         """Predictions for preprocessed tensors, run in batches of :attr:`batch_size`."""
         names = list(sources) if sources is not None else [f"input[{i}]" for i in range(len(batch))]
-        outputs = [self.infer(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
-        return self.postprocess(np.concatenate(outputs), names) if outputs else []
+        runs = [self.infer(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        if not runs:
+            return []
+        outputs = {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+        return self.postprocess(outputs, names)
 
     def predict_files(
         self,

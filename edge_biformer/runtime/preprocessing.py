@@ -1,213 +1,138 @@
 """The preprocessing of a model's input images, read from its manifests through one function.
 
-:func:`read_preprocessing` is the only reader of a manifest's ``preprocessing`` record (the Predictor and
-``serve-repo``'s Triton preprocessing model get their :class:`Preprocessing` from it).
-It is tolerant: keys it does not know are ignored, a value it cannot honour is a clear error (never a
-silently wrong prediction), and a manifest without a record gets what our build applies today, the
-official BiFormer evaluation transform (:func:`edge_biformer.calib.preprocess_image`: bicubic resize by
-``crop_pct`` 0.875, center crop, ImageNet mean/std, RGB). The record may be a mapping with any of
+The recipe itself, its presets and all the pixel work live in :mod:`edge_biformer.calib.preprocess`
+(:class:`~edge_biformer.calib.preprocess.Preprocess`: what the build applies to calibration and check
+data and records in its manifest as ``preprocess``). This module only *reads* that record for a model
+file and pairs it with the model's input size and channel count (:class:`Preprocessing`), for the
+Predictor, ``predict``, ``bench`` and ``serve-repo``'s Triton preprocessing model.
 
-==================  ===========================================================================
-``preset``          ``imagenet`` (the default above) or ``yolo`` (letterbox, RGB scaled to 0..1,
-                    pad 114, bilinear); the other keys override the preset's values
-``resize``          ``center_crop`` (resize by ``crop_pct``, then crop; also ``resize_center_crop``,
-                    ``crop``), ``letterbox`` (fit, pad with ``pad_value``) or ``stretch`` (``resize``)
-``crop_pct``        center-crop fraction (0 < crop_pct <= 1)
-``interpolation``   ``bicubic`` | ``bilinear`` | ``nearest``
-``mean``, ``std``   per-channel, on 0..1 values, in the model's channel order
-``channel_order``   ``RGB`` | ``BGR`` (also read as ``color`` or ``channels``)
-``pad_value``       letterbox fill, 0..255
-``img_size``        ``[H, W]`` (else the build's ``img_size``, the graph's or the engine's input size)
-==================  ===========================================================================
-
-or a preset name alone (``"imagenet"``). Where it is looked for, first found wins: the build manifest
-(``manifest.json`` beside the artifact), the artifact's side-car, then its source chain.
+:func:`read_preprocessing` is the only reader. Where it looks, first found wins: the build manifest
+(``manifest.json`` beside the artifact), the artifact's side-car, then its source chain. It is tolerant:
+a manifest without a record gets the ``imagenet`` preset (the official BiFormer evaluation transform,
+what our build applies by default), keys it does not know are ignored; a value it cannot apply is a clear
+error naming the manifest (never a silently wrong prediction).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_biformer.calib.preprocess import (
-    CROP_PCT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    preprocess_image,
-    resize_size,
-    to_rgb8,
-)
+from edge_biformer.calib.preprocess import IMAGENET, Preprocess
+from edge_biformer.calib.scan import CalibrationDataError
 from edge_biformer.errors import EdgeBiformerError
 
-__all__ = ["PRESETS", "Preprocessing", "PreprocessingError", "preprocessing_record", "read_preprocessing"]
+__all__ = ["Preprocessing", "PreprocessingError", "preprocess_record", "read_preprocessing"]
+
+#: The manifest key of the recipe (``Preprocess.to_dict()``), written by the build and the export.
+RECORD_KEY = "preprocess"
 
 
 class PreprocessingError(EdgeBiformerError):
-    """A preprocessing record this toolkit cannot apply."""
-
-
-#: Named recipes a record may start from (its other keys override these values).
-PRESETS: dict[str, dict[str, Any]] = {
-    "imagenet": {},
-    "yolo": {
-        "resize": "letterbox",
-        "interpolation": "bilinear",
-        "mean": (0.0, 0.0, 0.0),
-        "std": (1.0, 1.0, 1.0),
-        "channel_order": "RGB",
-        "pad_value": 114,
-        "crop_pct": 1.0,
-    },
-}
-_RESIZE = {
-    "center_crop": "center_crop",
-    "resize_center_crop": "center_crop",
-    "resize+center-crop": "center_crop",
-    "resize+center_crop": "center_crop",
-    "crop": "center_crop",
-    "letterbox": "letterbox",
-    "stretch": "stretch",
-    "resize": "stretch",
-}
-_INTERPOLATION = ("bicubic", "bilinear", "nearest")
+    """A preprocessing record this toolkit cannot apply, or an input size recorded nowhere."""
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How one image becomes a ``3 x H x W`` float32 input (defaults: the official evaluation transform)."""
+    """A :class:`~edge_biformer.calib.preprocess.Preprocess` recipe at a model's input size.
+
+    Calling it turns a PIL image (or an ``H x W x 3`` uint8 RGB array) into the ``channels x H x W``
+    float32 input, by :meth:`Preprocess.apply` (the same code as calibration and the check).
+    """
 
     img_size: tuple[int, int] = (224, 224)
-    crop_pct: float = CROP_PCT
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "center_crop"  # center_crop | letterbox | stretch
-    interpolation: str = "bicubic"
-    channel_order: str = "RGB"
-    pad_value: int = 114
+    recipe: Preprocess = field(default=IMAGENET)
+    channels: int = 3
 
     def __post_init__(self) -> None:
-        if self.resize not in ("center_crop", "letterbox", "stretch"):
-            raise PreprocessingError(f"resize {self.resize!r}: use center_crop, letterbox or stretch")
-        if self.interpolation not in _INTERPOLATION:
-            raise PreprocessingError(f"interpolation {self.interpolation!r}: use {', '.join(_INTERPOLATION)}")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise PreprocessingError(f"channel_order {self.channel_order!r}: use RGB or BGR")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise PreprocessingError(f"crop_pct {self.crop_pct}: use a fraction in (0, 1]")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise PreprocessingError(f"mean {self.mean} / std {self.std}: give 3 values each, std > 0")
-
-    @property
-    def official(self) -> bool:
-        """Whether this is exactly :func:`~edge_biformer.calib.preprocess_image` (what our build uses)."""
-        return (self.resize, self.interpolation, self.channel_order, tuple(self.mean), tuple(self.std)) == (
-            "center_crop", "bicubic", "RGB", IMAGENET_MEAN, IMAGENET_STD,
-        )  # fmt: skip
+        h, w = self.img_size
+        object.__setattr__(self, "img_size", (int(h), int(w)))
 
     def __call__(self, image: Any) -> np.ndarray:
-        """A PIL image (or ``H x W x 3`` uint8 array, RGB) -> ``3 x H x W`` float32."""
-        from PIL import Image
-
+        """A PIL image or ``H x W x 3`` uint8 array (RGB) -> ``channels x H x W`` float32."""
         if isinstance(image, np.ndarray):
-            image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-        if self.official:
-            return preprocess_image(image, self.img_size, self.crop_pct)
-        array = np.asarray(self._geometry(to_rgb8(image)), dtype=np.float32) / 255.0
-        if self.channel_order == "BGR":
-            array = array[..., ::-1]
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+            from edge_biformer.calib.preprocess import require_pillow
 
-    def _geometry(self, image: Any) -> Any:
-        """Resize (and crop or pad) an RGB PIL image to ``img_size``."""
-        from PIL import Image
-
-        method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-        interp = method[self.interpolation]
-        h, w = self.img_size
-        iw, ih = image.size
-        if self.resize == "stretch":
-            return image.resize((w, h), interp) if (iw, ih) != (w, h) else image
-        if self.resize == "letterbox":
-            scale = min(w / iw, h / ih)
-            nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
-            if (nw, nh) != (iw, ih):
-                image = image.resize((nw, nh), interp)
-            canvas = Image.new("RGB", (w, h), (self.pad_value,) * 3)
-            canvas.paste(image, ((w - nw) // 2, (h - nh) // 2))
-            return canvas
-        target = resize_size((h, w), self.crop_pct)  # center_crop, as preprocess_image does
-        if isinstance(target, int):
-            new_w, new_h = (
-                (target, max(1, int(target * ih / iw)))
-                if iw <= ih
-                else (max(1, int(target * iw / ih)), target)
-            )
-        else:
-            new_h, new_w = target
-        if (new_w, new_h) != (iw, ih):
-            image = image.resize((new_w, new_h), interp)
-        top, left = round((new_h - h) / 2.0), round((new_w - w) / 2.0)
-        return image.crop((left, top, left + w, top + h))
+            image = require_pillow().fromarray(np.asarray(image, dtype=np.uint8))
+        try:
+            return self.recipe.apply(image, self.img_size, self.channels)
+        except CalibrationDataError as err:
+            raise PreprocessingError(str(err)) from None
 
     def describe(self) -> str:
-        """One line: ``resize 256 bicubic, center crop 224x224, ImageNet mean/std, RGB``."""
-        h, w = self.img_size
-        if self.resize == "center_crop":
-            target = resize_size(self.img_size, self.crop_pct)
-            target = target if isinstance(target, int) else f"{target[0]}x{target[1]}"
-            geometry = f"resize {target} {self.interpolation}, center crop {h}x{w}"
-        elif self.resize == "letterbox":
-            geometry = f"letterbox {h}x{w} {self.interpolation} (pad {self.pad_value})"
-        else:
-            geometry = f"stretch to {h}x{w} {self.interpolation}"
-        if (tuple(self.mean), tuple(self.std)) == (IMAGENET_MEAN, IMAGENET_STD):
-            norm = "ImageNet mean/std"
-        elif (tuple(self.mean), tuple(self.std)) == ((0.0,) * 3, (1.0,) * 3):
-            norm = "scaled to 0..1"
-        else:
-            norm = f"mean {list(self.mean)} std {list(self.std)}"
-        return f"{geometry}, {norm}, {self.channel_order}"
+        """One line, :meth:`Preprocess.describe` at the input size."""
+        return self.recipe.describe(self.img_size)
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (JSON output; the Triton preprocessing model's parameter)."""
-        data = asdict(self)
-        data["img_size"] = list(self.img_size)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        data["resize_to"] = resize_size(self.img_size, self.crop_pct)  # center_crop's resize target
-        return data
+        """The recipe (``Preprocess.to_dict()``) with ``img_size`` and ``channels``: JSON output and the
+        ``preprocess`` parameter of the Triton preprocessing model (read back by :meth:`from_dict`)."""
+        return {**self.recipe.to_dict(), "img_size": list(self.img_size), "channels": self.channels}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Preprocessing:
+        """The inverse of :meth:`to_dict` (the recipe by :meth:`Preprocess.from_dict`)."""
+        h, w = record["img_size"]
+        return cls((int(h), int(w)), Preprocess.from_dict(record), int(record.get("channels", 3)))
 
     @classmethod
     def from_manifests(
-        cls, own: Mapping[str, Any], build: Mapping[str, Any], fallback: tuple[int, int] | None
+        cls,
+        own: Mapping[str, Any],
+        build: Mapping[str, Any],
+        fallback: tuple[int, int] | None = None,
+        **kwargs: Any,
     ) -> Preprocessing:
         """Same as :func:`read_preprocessing`."""
-        return read_preprocessing(own, build, fallback)
+        return read_preprocessing(own, build, fallback, **kwargs)
 
 
-def preprocessing_record(
-    own: Mapping[str, Any], build: Mapping[str, Any]
-) -> tuple[Mapping[str, Any] | str | None, str]:
-    """``(record, where)``: the first ``preprocessing`` record (a mapping or a preset name) of the build
-    manifest, the artifact's side-car and its source chain; ``(None, "")`` where none has one.
+def _locations(
+    own: Mapping[str, Any], build: Mapping[str, Any], artifact: str | os.PathLike[str] | None
+) -> list[tuple[str, Any]]:
+    """``(name, manifest)`` in the order records are looked for (names with file paths where known)."""
+    from edge_biformer.manifest import manifest_path, sources
 
-    Free-text descriptions (what calibration summaries record, ``"resize 256 bicubic, ..."``) are not
-    records and are passed over.
-    """
-    from edge_biformer.manifest import sources
-
-    chain: list[tuple[str, Any]] = [("build manifest", build), ("manifest", own)]
+    path = Path(artifact) if artifact is not None else None
+    build_name = f"build manifest {path.parent / 'manifest.json'}" if path else "build manifest"
+    own_name = f"manifest {manifest_path(path)}" if path else "manifest"
+    chain: list[tuple[str, Any]] = [(build_name, build), (own_name, own)]
     chain += [(f"manifest of {r.get('path')}", r.get("manifest")) for r in sources(own)]
-    for where, m in chain:
-        if not isinstance(m, Mapping):
-            continue
-        record = m.get("preprocessing")
-        if isinstance(record, Mapping) or (isinstance(record, str) and record.lower() in PRESETS):
-            return record, where
+    return chain
+
+
+def preprocess_record(
+    own: Mapping[str, Any],
+    build: Mapping[str, Any],
+    artifact: str | os.PathLike[str] | None = None,
+) -> tuple[Any, str]:
+    """``(record, where)``: the first ``preprocess`` record of the build manifest, the artifact's side-car
+    and its source chain; ``(None, "")`` where none has one."""
+    for where, manifest in _locations(own, build, artifact):
+        if isinstance(manifest, Mapping) and manifest.get(RECORD_KEY) is not None:
+            return manifest[RECORD_KEY], where
     return None, ""
+
+
+def _recipe(record: Any, where: str) -> Preprocess:
+    """The :class:`Preprocess` of a record (unknown keys ignored), or an error naming ``where``."""
+    if not isinstance(record, Mapping):
+        raise PreprocessingError(
+            f"the preprocess record of the {where} is {record!r}, not a recipe (a mapping of name, resize, "
+            "crop_pct, interpolation, mean, std, channel_order, pad_value, as `edge-biformer build` "
+            "writes it); rebuild, or fix the record"
+        )
+    try:
+        return Preprocess.from_dict(record)
+    except (CalibrationDataError, TypeError, ValueError) as err:
+        raise PreprocessingError(
+            f"the preprocess record of the {where} cannot be applied: {err}. Rebuild with a valid "
+            "--preprocess (or --resize/--mean/--std/--channel-order), or fix the record"
+        ) from None
 
 
 def _export_img_size(manifest: Mapping[str, Any]) -> list[int] | None:
@@ -223,69 +148,42 @@ def _export_img_size(manifest: Mapping[str, Any]) -> list[int] | None:
     return None
 
 
+def _recorded_channels(build: Mapping[str, Any]) -> int | None:
+    """The input's channel count of a build manifest's ``input`` record (``[N, C, H, W]``)."""
+    shape = (build.get("input") or {}).get("shape") if isinstance(build.get("input"), Mapping) else None
+    if isinstance(shape, Sequence) and len(shape) == 4 and isinstance(shape[1], int):
+        return int(shape[1])
+    return None
+
+
 def read_preprocessing(
-    own: Mapping[str, Any], build: Mapping[str, Any], fallback: tuple[int, int] | None = None
+    own: Mapping[str, Any],
+    build: Mapping[str, Any],
+    fallback: tuple[int, int] | None = None,
+    *,
+    channels: int | None = None,
+    artifact: str | os.PathLike[str] | None = None,
 ) -> Preprocessing:
     """The :class:`Preprocessing` the manifests of an artifact record (see the module docstring).
 
-    ``own`` is the artifact's side-car, ``build`` the build's ``manifest.json`` (``{}`` where absent),
-    ``fallback`` the graph's or engine's static input size.
+    Args:
+        own: the artifact's side-car manifest (``{}`` where absent).
+        build: the build's ``manifest.json`` (``{}`` where absent).
+        fallback: the graph's or engine's static input size (H, W), used where the build manifest
+            records none.
+        channels: the input's channel count (the graph's or engine's); default the build manifest's
+            ``input`` record, else 3.
+        artifact: the model file, to name the manifests in errors.
 
     Raises:
         PreprocessingError: the input size is recorded nowhere, or the record holds a value this toolkit
             cannot apply (named, with the manifest).
     """
-    record, where = preprocessing_record(own, build)
-    values: dict[str, Any] = {}
-    if record is not None:
-        values = _record_values(record, where)
-    size = values.pop("img_size", None) or build.get("img_size") or fallback or _export_img_size(own)
+    record, where = preprocess_record(own, build, artifact)
+    recipe = IMAGENET if record is None else _recipe(record, where)
+    size = build.get("img_size") or fallback or _export_img_size(own)
     if size is None:
         raise PreprocessingError(
             "the input size of this model is not recorded (dynamic H/W and no manifest): pass --img-size"
         )
-    try:
-        return Preprocessing(img_size=(int(size[0]), int(size[1])), **values)
-    except PreprocessingError as err:
-        raise PreprocessingError(f"the preprocessing record of the {where}: {err}") from None
-
-
-def _record_values(record: Mapping[str, Any] | str, where: str) -> dict[str, Any]:
-    """The :class:`Preprocessing` keyword values of a record (unknown keys ignored)."""
-    if isinstance(record, str):
-        record = {"preset": record}
-    preset = str(record.get("preset") or "imagenet").lower()
-    if preset not in PRESETS:
-        raise PreprocessingError(
-            f"the {where} records preprocessing preset {preset!r}, which this version does not know "
-            f"({', '.join(PRESETS)}); upgrade edge-biformer or record the steps (resize, mean, std, ...)"
-        )
-    values = dict(PRESETS[preset])
-    try:
-        if isinstance(record.get("resize"), str):  # (a number or a list is a resize target, derived)
-            mode = str(record["resize"]).lower()
-            if mode not in _RESIZE:
-                raise PreprocessingError(
-                    f"resize {record['resize']!r}: use center_crop, letterbox or stretch"
-                )
-            values["resize"] = _RESIZE[mode]
-        order = record.get("channel_order") or record.get("color") or record.get("channels")
-        if order is not None:
-            values["channel_order"] = str(order).upper()
-        if record.get("interpolation") is not None:
-            values["interpolation"] = str(record["interpolation"]).lower()
-        for key in ("mean", "std"):
-            if record.get(key) is not None:
-                values[key] = tuple(float(v) for v in record[key])
-        if record.get("crop_pct") is not None:
-            values["crop_pct"] = float(record["crop_pct"])
-        if record.get("pad_value") is not None:
-            values["pad_value"] = int(record["pad_value"])
-        size = record.get("img_size")
-        if isinstance(size, (list, tuple)) and len(size) == 2:
-            values["img_size"] = [int(size[0]), int(size[1])]
-    except (TypeError, ValueError) as err:
-        raise PreprocessingError(f"the preprocessing record of the {where} is malformed ({err})") from None
-    except PreprocessingError as err:
-        raise PreprocessingError(f"the preprocessing record of the {where}: {err}") from None
-    return values
+    return Preprocessing((int(size[0]), int(size[1])), recipe, channels or _recorded_channels(build) or 3)

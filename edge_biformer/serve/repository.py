@@ -201,6 +201,14 @@ def _readme(result: RepositoryResult, commands: list[str]) -> str:
             "onnxruntime and Pillow; `python -m edge_biformer.serve.cpu_server` prepares such an",
             "environment.",
         ]
+    if any(m.endswith("_preprocess") for m in result.models):
+        lines += [
+            "",
+            "The preprocessing model applies the recipe the build recorded with edge-biformer's own",
+            "code (`edge_biformer.calib.preprocess`): edge-biformer must be importable by Triton's Python",
+            "backend (`pip install edge-biformer` in its Python; `python -m edge_biformer.serve.cpu_server`",
+            "links it).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +270,7 @@ def write_repository(options: RepositoryOptions) -> RepositoryResult:
         preferred = (max_batch,)
         kind, artifact = "cpu", onnx_path
     own, build = artifact_manifests(artifact)
-    recipe = Preprocessing.from_manifests(own or manifest, build, io.image_size)
+    recipe = Preprocessing.from_manifests(own or manifest, build, io.image_size, artifact=artifact)
     names, labels_source = _labels(io, manifest, o.labels)
     if labels_source:
         notes.append(f"labels: {labels_source}")
@@ -301,7 +309,7 @@ def write_repository(options: RepositoryOptions) -> RepositoryResult:
                 pre, [image], [Tensor(io.input_name, "TYPE_FP32", (3, h, w))],
                 Batching(max_batch, (), o.queue_delay_us), backend="python",
                 instances=InstanceGroup(max(1, o.instances), "KIND_CPU"),
-                parameters={"preprocessing": json.dumps(recipe.to_dict())},
+                parameters={"preprocess": json.dumps(recipe.to_dict())},
             )
         )  # fmt: skip
         configs[ens] = ensemble_config(

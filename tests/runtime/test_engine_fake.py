@@ -236,6 +236,9 @@ def test_dynamic_batch_buffers_once_per_shape_and_chunks(fake):
         assert fake.cudart.calls.count("cudaMalloc") == 2 * 2 * 2  # 2 shapes x 2 tensors x (device, pinned)
         big = rng.standard_normal((10, 3, H, W)).astype(np.float32)  # above the profile max: 4 + 4 + 2
         np.testing.assert_allclose(engine.run(big), _expected(big), rtol=1e-5, atol=1e-6)
+        every = engine.run_all(big)  # every output by name, in the same chunks
+        assert list(every) == ["logits"]
+        np.testing.assert_allclose(every["logits"], _expected(big), rtol=1e-5, atol=1e-6)
         with pytest.raises(EngineError, match="outside the engine's optimisation profile"):
             engine.run(np.zeros((2, 3, H + 1, W), np.float32))
         with pytest.raises(EngineError, match="takes a"):
@@ -331,3 +334,20 @@ def test_a_plugin_library_without_kernels_for_this_gpu_is_refused(fake, monkeypa
         with pytest.raises(EngineError, match=r"no kernels for this GPU \(sm_90\)") as info:
             Engine(fake.path)
         assert "--cuda-architectures 90" in str(info.value) and not loaded
+
+
+def test_predictor_on_an_engine_feeds_its_input_and_returns_every_output(fake):
+    from edge_biformer.runtime import Predictor
+
+    x = np.random.default_rng(3).standard_normal((6, 3, H, W)).astype(np.float32)
+    with Predictor(fake.path, top_k=2) as predictor:
+        assert (predictor.backend, predictor.input_name, predictor.batch_size) == ("tensorrt", "input", 4)
+        assert predictor.preprocessing.img_size == (H, W) and predictor.preprocessing.channels == 3
+        assert [(o.name, o.shape, o.kind) for o in predictor.outputs] == [
+            ("logits", ("N", CLASSES), "classifier")
+        ]
+        predictions = predictor.predict_tensors(x)
+    expected = _expected(x)
+    for p, row in zip(predictions, expected, strict=True):
+        np.testing.assert_allclose(p.outputs["logits"], row, rtol=1e-5, atol=1e-6)
+        assert [c.index for c in p.top] == list(np.argsort(-row, kind="stable")[:2])

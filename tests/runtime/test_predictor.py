@@ -31,11 +31,17 @@ def test_predictor_matches_pytorch_and_classifies(reduced):
         # The same preprocessing as the official evaluation transform, and the logits of PyTorch.
         batch = np.stack([preprocess_image(Image.open(f), 48) for f in files])
         outputs = predictor.infer(batch)
+        assert predictor.input_name == "input" and predictor.classifier_output == "logits"
+        assert [(o.name, o.kind) for o in predictor.outputs] == [("logits", "classifier")]
+        assert set(outputs) == {"logits"}
+        outputs = outputs["logits"]
     assert_close(outputs, reduced.torch_logits(batch), "export")
     assert predictor.labels_source == "checkpoint reduced_biformer_shapes10.pth"
     top1 = [p.top[0].index for p in predictions]
     assert sum(t == y for t, y in zip(top1, _true_labels(files), strict=True)) >= len(files) - 1
     first = predictions[0]
+    np.testing.assert_array_equal(first.outputs["logits"], outputs[0])  # every output, by name
+    assert first.to_dict()["outputs"]["logits"]["shape"] == [len(reduced.classes)]
     assert first.top[0].label == reduced.classes[first.top[0].index]
     assert (
         len(first.top) == 3
@@ -54,7 +60,7 @@ def test_predictor_runs_the_rewritten_graph_in_cpu_session(reduced, tmp_path):
     with Predictor(plugin) as rewritten, Predictor(reduced.onnx) as plain:
         assert rewritten.backend == "cpu_session"
         batch = np.stack([rewritten.preprocessing(Image.open(f)) for f in files])
-        assert_close(rewritten.infer(batch), plain.infer(batch), "rewrite.graph.float32")
+        assert_close(rewritten.infer(batch)["logits"], plain.infer(batch)["logits"], "rewrite.graph.float32")
         # the labels travel down the manifest chain (rewrite -> export -> checkpoint)
         assert rewritten.predict(files)[0].top[0].label in reduced.classes
 
@@ -64,15 +70,17 @@ def test_preprocessing_recipe_and_manifest_size():
     prep = Preprocessing.from_manifests({}, {"img_size": [48, 48]}, None)
     assert prep.img_size == (48, 48)
     np.testing.assert_array_equal(prep(image), preprocess_image(image, 48))
-    assert prep.to_dict()["resize_to"] == 54 and prep.describe().startswith("resize 54 bicubic")
+    assert prep.to_dict()["img_size"] == [48, 48] and prep.describe().startswith(
+        "imagenet: resize 54 bicubic"
+    )
     with pytest.raises(EdgeBiformerError, match="pass --img-size"):
         Preprocessing.from_manifests({}, {}, None)
 
 
 def test_nan_output_is_an_error(reduced):
     predictor = Predictor(reduced.onnx)
-    predictor.runtime = lambda x: np.full((x.shape[0], 10), np.nan, np.float32)
-    with pytest.raises(EdgeBiformerError, match="NaN/Inf"):
+    predictor.runtime = lambda x: {"logits": np.full((x.shape[0], 10), np.nan, np.float32)}
+    with pytest.raises(EdgeBiformerError, match="NaN/Inf values in its output 'logits'"):
         predictor.predict(reduced.image_files()[:1])
 
 
@@ -193,3 +201,61 @@ def test_engine_top5_matches_polygraphy():
                     top5 = np.argsort(-ours, axis=1)[:, :5]
                     np.testing.assert_array_equal(top5, np.argsort(-theirs, axis=1)[:, :5])
                     assert_close(ours, theirs, max_rel=1e-5)
+
+
+def test_predictor_and_predict_on_a_detector_of_ones_own(tmp_path, capsys):
+    """A graph of one's own (``build --onnx``): the graph's input name, the recorded yolo recipe, every
+    output by name, no top-k for dense outputs; equal to onnxruntime on the same preprocessed tensor."""
+    import json
+
+    import onnxruntime as ort
+
+    from edge_biformer.calib import demo_photos
+    from edge_biformer.calib.preprocess import PRESETS
+    from edge_biformer.cli.main import main
+    from edge_biformer.runtime import cpu_session
+    from tests.pipeline.own_models import export_detector
+
+    source = export_detector(tmp_path / "det.onnx")  # static 'images' 1x3x64x64 -> boxes, scores
+    out = tmp_path / "out"
+    assert (
+        main(["build", "--onnx", str(source), "--precision", "fp32", "--preprocess", "yolo", "-o", str(out)])
+        == 0
+    )
+    plugin = out / "model.fp32.plugin.onnx"
+    files = [str(p) for p in demo_photos()[:3]]
+    with Predictor(plugin) as predictor:
+        assert (predictor.backend, predictor.input_name) == ("cpu_session", "images")
+        prep = predictor.preprocessing
+        assert (prep.recipe, prep.img_size, prep.channels) == (PRESETS["yolo"], (64, 64), 3)
+        assert [(o.name, o.shape, o.kind) for o in predictor.outputs] == [
+            ("boxes", (1, 4, 64), "dense"), ("scores", (1, 5, 64), "dense"),
+        ]  # fmt: skip
+        assert predictor.classifier_output is None
+        predictions = predictor.predict(files)  # 3 images through the static batch of 1
+    batch = np.stack([PRESETS["yolo"].apply(Image.open(f), (64, 64)) for f in files])
+    plugin_session, original = cpu_session(plugin), ort.InferenceSession(str(source))
+    for i, p in enumerate(predictions):
+        assert not p.top and list(p.outputs) == ["boxes", "scores"]
+        feed = {"images": batch[i : i + 1]}
+        # the Predictor adds nothing: exactly the plugin graph's outputs on the same tensor
+        for name, expected in zip(["boxes", "scores"], plugin_session.run(None, feed), strict=True):
+            np.testing.assert_array_equal(p.outputs[name], expected[0])
+        # and the plugin graph is the original graph in onnxruntime, to the rewrite's tolerance
+        for name, expected in zip(["boxes", "scores"], original.run(None, feed), strict=True):
+            assert_close(p.outputs[name], expected[0], "rewrite.graph.float32")
+
+    report = tmp_path / "predictions.json"
+    assert main(["predict", "--onnx", str(plugin), *files, "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["input"] == "images" and data["preprocess"]["name"] == "yolo"
+    assert data["preprocess"]["img_size"] == [64, 64]
+    for p, row in zip(predictions, data["predictions"], strict=True):
+        assert "top" not in row and list(row["outputs"]) == ["boxes", "scores"]
+        for name, value in p.outputs.items():
+            stats = row["outputs"][name]
+            assert stats["shape"] == list(value.shape)
+            assert (stats["min"], stats["max"]) == (float(value.min()), float(value.max()))
+            assert stats["mean"] == pytest.approx(float(value.astype(np.float64).mean()), rel=1e-12)
+    assert "boxes [4, 64] min" in printed and "scores [5, 64] min" in printed

@@ -1,6 +1,7 @@
-"""The one reader of a manifest's preprocessing record: defaults = what our build applies, presets,
-overrides, tolerance of unknown keys, clear errors for values it cannot apply; and the Triton
-preprocessing model (a standalone copy of the transform) gives the same tensors for every recipe."""
+"""The one reader of a manifest's ``preprocess`` record (``Preprocess.to_dict()``, what the build writes):
+defaults = what our build applies, presets, overrides, tolerance of unknown keys, clear errors naming the
+manifest for values it cannot apply; all pixel work is ``Preprocess.apply``; and the Triton preprocessing
+model, which rebuilds the recipe from its parameter, gives the same tensors for every recipe."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import pytest
 from PIL import Image
 
 from edge_biformer.calib import demo_photos, preprocess_image
-from edge_biformer.calib.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from edge_biformer.calib.preprocess import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocess, preset
 from edge_biformer.runtime.preprocessing import (
     Preprocessing,
     PreprocessingError,
-    preprocessing_record,
+    preprocess_record,
     read_preprocessing,
 )
 
@@ -29,61 +30,90 @@ def _image(h: int = 70, w: int = 90) -> Image.Image:
 
 def test_without_a_record_the_build_default_is_the_official_transform():
     prep = read_preprocessing({"stage": "export"}, {"kind": "build", "img_size": [48, 64]})
-    assert prep == Preprocessing((48, 64)) and prep.official
+    assert prep == Preprocessing((48, 64)) and prep.recipe is IMAGENET and prep.channels == 3
     np.testing.assert_array_equal(prep(_image()), preprocess_image(_image(), (48, 64)))
-    # a calibration summary's free-text "preprocessing" is a description, not a record
-    assert preprocessing_record({"preprocessing": "resize 256 bicubic, ..."}, {}) == (None, "")
-    assert prep.describe() == "resize 54x73 bicubic, center crop 48x64, ImageNet mean/std, RGB"
+    # an H x W x 3 uint8 array is the same image
+    np.testing.assert_array_equal(prep(np.asarray(_image())), preprocess_image(_image(), (48, 64)))
+    # a calibration summary's free-text "preprocessing" is another key, not the record
+    assert preprocess_record({"calibration": {"preprocessing": "resize 256 bicubic, ..."}}, {}) == (None, "")
+    assert prep.describe() == "imagenet: resize 54x73 bicubic, center crop 48x64, ImageNet mean/std, RGB"
+    assert prep.describe() == IMAGENET.describe((48, 64))
 
 
-def test_records_presets_and_overrides_are_read_tolerantly():
-    own = {"preprocessing": {"preset": "yolo", "future_key": {"anything": 1}}, "img_size": [32, 32]}
+def test_the_builds_record_is_read_with_presets_overrides_and_unknown_keys():
+    # yolo, as `build --preprocess yolo` records it, with a key of a future version
+    own = {"preprocess": {**PRESETS["yolo"].to_dict(), "future_key": {"anything": 1}}, "img_size": [32, 32]}
     prep = read_preprocessing(own, {}, (32, 32))
-    assert (prep.resize, prep.mean, prep.std, prep.channel_order, prep.pad_value) == (
-        "letterbox", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB", 114,
+    assert prep.recipe == PRESETS["yolo"]
+    assert (prep.recipe.resize, prep.recipe.mean, prep.recipe.std, prep.recipe.channel_order) == (
+        "letterbox", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "rgb",
     )  # fmt: skip
-    assert prep.describe() == "letterbox 32x32 bilinear (pad 114), scaled to 0..1, RGB"
-    bgr = read_preprocessing(
-        {"preprocessing": {"preset": "imagenet", "color": "bgr", "crop_pct": 1.0}}, {}, (48, 48)
+    assert prep.describe() == "yolo: letterbox to 32x32 bilinear (pad 114), 0-1, no normalisation, RGB"
+    wide = Image.new("RGB", (80, 40), (200, 10, 30))
+    x = read_preprocessing(own, {}, (40, 40))(wide)  # letterbox: padded rows above, the image centred
+    assert x.shape == (3, 40, 40)
+    np.testing.assert_allclose(x[:, 0, 0], [114 / 255] * 3, rtol=1e-6)
+    np.testing.assert_allclose(x[:, 20, 20], [200 / 255, 10 / 255, 30 / 255], rtol=1e-6)
+    np.testing.assert_array_equal(x, PRESETS["yolo"].apply(wide, (40, 40)))
+    # overrides (--preprocess imagenet --channel-order bgr --crop-pct 1), recorded as the build writes them
+    custom = preset("imagenet", channel_order="bgr", crop_pct=1.0)
+    bgr = read_preprocessing({"preprocess": json.loads(json.dumps(custom.to_dict()))}, {}, (48, 48))
+    assert bgr.recipe == custom and bgr.recipe.name == "imagenet+custom"
+    assert (bgr.recipe.channel_order, bgr.recipe.crop_pct, bgr.recipe.mean) == ("bgr", 1.0, IMAGENET_MEAN)
+    np.testing.assert_array_equal(bgr(_image()), custom.apply(_image(), 48))
+    # ImageNet values in another channel order: the official geometry, channels reversed
+    swapped = Preprocess("bgr", channel_order="bgr", mean=IMAGENET_MEAN[::-1], std=IMAGENET_STD[::-1])
+    np.testing.assert_allclose(
+        Preprocessing((48, 48), swapped)(_image()), preprocess_image(_image(), 48)[::-1], atol=1e-5
     )
-    assert bgr.channel_order == "BGR" and bgr.crop_pct == 1.0 and bgr.mean == IMAGENET_MEAN
+    # a partial record: the missing keys take the dataclass defaults (the imagenet values)
+    partial = read_preprocessing({"preprocess": {"resize": "stretch"}}, {}, (16, 16))
+    assert partial.recipe == Preprocess(resize="stretch")
     # the build manifest wins over the side-car; the source chain is read last
-    chain = {"source": {"path": "a.onnx", "manifest": {"preprocessing": "yolo"}}}
-    assert read_preprocessing(chain, {}, (16, 16)).resize == "letterbox"
-    assert read_preprocessing(chain, {"preprocessing": {"resize": "stretch"}}, (16, 16)).resize == "stretch"
-    # a record's own img_size wins over the fallback
-    assert read_preprocessing({"preprocessing": {"img_size": [20, 24]}}, {}, (16, 16)).img_size == (20, 24)
+    chain = {"source": {"path": "a.onnx", "manifest": {"preprocess": PRESETS["yolo"].to_dict()}}}
+    assert read_preprocessing(chain, {}, (16, 16)).recipe == PRESETS["yolo"]
+    build = {"kind": "build", "preprocess": PRESETS["unit"].to_dict(), "img_size": [20, 24]}
+    from_build = read_preprocessing(chain, build, (16, 16))
+    assert from_build.recipe == PRESETS["unit"] and from_build.img_size == (20, 24)  # the build's size wins
+    # the build manifest's input record gives the channel count (a grey model)
+    grey = read_preprocessing({}, {"img_size": [16, 16], "input": {"name": "x", "shape": ["N", 1, 16, 16]}})
+    assert grey.channels == 1 and grey(_image()).shape == (1, 16, 16)
 
 
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"preset": "detectron"}, "preset 'detectron', which this version does not know"),
-        ({"resize": "fisheye"}, "resize 'fisheye'"),
-        ({"channel_order": "GBR"}, "channel_order 'GBR'"),
-        ({"std": [1, 0, 1]}, "std > 0"),
-        ({"mean": "zero"}, "malformed"),
+        ({"resize": "fisheye"}, "resize must be one of crop, letterbox, stretch, got 'fisheye'"),
+        ({"channel_order": "gbr"}, "channel order must be rgb or bgr, got 'gbr'"),
+        ({"interpolation": "lanczos"}, "interpolation must be bicubic or bilinear"),
+        ({"std": [1, 0, 1]}, "std must not be 0"),
+        ({"mean": "zero"}, "mean is malformed"),
+        ({"crop_pct": "most"}, "crop_pct is malformed"),
+        ({"pad_value": 300}, "pad_value must be in 0..255"),
+        ("imagenet", "not a recipe"),
     ],
 )
-def test_values_it_cannot_apply_are_named(record, message):
+def test_values_it_cannot_apply_are_named(record, message, tmp_path):
     with pytest.raises(PreprocessingError, match=message) as info:
-        read_preprocessing({"preprocessing": record}, {}, (32, 32))
-    assert "the preprocessing record of the manifest" in str(info.value) or "manifest" in str(info.value)
+        read_preprocessing({"preprocess": record}, {}, (32, 32))
+    assert "the preprocess record of the manifest" in str(info.value)
+    # with the artifact known, the manifest is named by its file
+    with pytest.raises(PreprocessingError, match=r"build manifest .*manifest\.json"):
+        read_preprocessing({}, {"preprocess": record}, (32, 32), artifact=tmp_path / "model.onnx")
 
 
-def test_letterbox_stretch_and_bgr_geometry():
-    wide = Image.new("RGB", (80, 40), (200, 10, 30))
-    box = Preprocessing((40, 40), resize="letterbox", mean=(0, 0, 0), std=(1, 1, 1), interpolation="nearest")
-    x = box(wide)
-    assert x.shape == (3, 40, 40)
-    np.testing.assert_allclose(x[:, 0, 0], [114 / 255] * 3, rtol=1e-6)  # padded rows above
-    np.testing.assert_allclose(x[:, 20, 20], [200 / 255, 10 / 255, 30 / 255], rtol=1e-6)
-    bgr = Preprocessing((40, 40), resize="stretch", channel_order="BGR", mean=(0, 0, 0), std=(1, 1, 1))
-    np.testing.assert_allclose(bgr(wide)[:, 5, 5], [30 / 255, 10 / 255, 200 / 255], rtol=1e-5)
-    # ImageNet values in another channel order: the official geometry, normalised per channel
-    ref = preprocess_image(_image(), 48)
-    swapped = Preprocessing((48, 48), channel_order="BGR", mean=IMAGENET_MEAN[::-1], std=IMAGENET_STD[::-1])
-    np.testing.assert_allclose(swapped(_image()), ref[::-1], atol=1e-5)
+def test_input_size_recorded_nowhere_is_an_error():
+    with pytest.raises(PreprocessingError, match="pass --img-size"):
+        read_preprocessing({}, {}, None)
+
+
+def test_to_dict_round_trips():
+    for recipe in PRESETS.values():
+        prep = Preprocessing((40, 48), recipe, 1)
+        record = json.loads(json.dumps(prep.to_dict()))
+        assert record["img_size"] == [40, 48] and record["channels"] == 1
+        assert Preprocessing.from_dict(record) == prep
+        assert Preprocess.from_dict(record) == recipe  # img_size / channels are ignored by the recipe
 
 
 def _triton_preprocess() -> types.ModuleType:
@@ -101,14 +131,22 @@ def _triton_preprocess() -> types.ModuleType:
     "prep",
     [
         Preprocessing((48, 64)),
-        Preprocessing((40, 40), resize="letterbox", interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)),
-        Preprocessing((32, 48), resize="stretch", channel_order="BGR"),
-        Preprocessing((48, 48), crop_pct=0.95, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3),
+        Preprocessing((40, 40), PRESETS["yolo"]),
+        Preprocessing((32, 48), preset("imagenet-resize", channel_order="bgr")),
+        Preprocessing(
+            (48, 48),
+            preset("imagenet", crop_pct=0.95, interpolation="bilinear", mean=[0.5] * 3, std=[0.5] * 3),
+        ),
+        Preprocessing((32, 32), PRESETS["unit"], channels=1),
     ],
-    ids=["official", "letterbox", "stretch-bgr", "center-crop-bilinear"],
+    ids=["official", "yolo-letterbox", "stretch-bgr", "center-crop-bilinear", "grey"],
 )
 def test_triton_preprocessing_model_equals_the_predictor(prep):
     module = _triton_preprocess()
-    recipe = json.loads(json.dumps(prep.to_dict()))
+    parameter = json.dumps(prep.to_dict())  # as serve-repo writes it into config.pbtxt
+    recipe, img_size, channels = module.recipe_of(parameter)
+    assert (recipe, img_size, channels) == (prep.recipe, prep.img_size, prep.channels)
     for photo in demo_photos()[:4]:
-        np.testing.assert_array_equal(module.preprocess(photo.read_bytes(), recipe), prep(Image.open(photo)))
+        np.testing.assert_array_equal(
+            module.preprocess(photo.read_bytes(), parameter), prep(Image.open(photo))
+        )

@@ -83,7 +83,14 @@ def test_tensorrt_repository(fake_engine, tmp_path, capsys):
         {"tiny": config, "tiny_preprocess": pre},
     )
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["tiny_preprocess", "tiny"]
-    assert "--backend-config" in (repo / "README.md").read_text()
+    # the preprocessing model's parameter is the recorded recipe (none here: the imagenet default)
+    from edge_biformer.calib.preprocess import IMAGENET
+    from edge_biformer.runtime import Preprocessing
+
+    parameter = json.loads(pre.parameters["preprocess"].string_value)
+    assert Preprocessing.from_dict(parameter) == Preprocessing((48, 48), IMAGENET)
+    readme = (repo / "README.md").read_text()
+    assert "--backend-config" in readme and "edge-biformer must be importable by Triton" in readme
 
 
 def _classes() -> tuple[str, ...]:
@@ -182,7 +189,7 @@ def test_preprocess_model_equals_the_official_transform(tmp_path):
 
     module = _load_template("preprocess")
     for img_size in ((224, 224), (48, 64)):
-        recipe = json.loads(json.dumps(Preprocessing(img_size).to_dict()))
+        recipe = json.dumps(Preprocessing(img_size).to_dict())  # the config.pbtxt parameter
         for photo in demo_photos()[:6] + demo_photos()[-3:]:
             expected = preprocess_image(Image.open(photo), img_size)
             np.testing.assert_array_equal(module.preprocess(photo.read_bytes(), recipe), expected)
