@@ -119,6 +119,21 @@ TOLERANCES: dict[str, Tolerance] = {
             "as rewrite.graph.float32 when a replaced attention is float16",
             max_rel=2e-2,
         ),
+        Tolerance(
+            "rewrite.inplace.float32",
+            "each replaced attention's output inside the rewritten graph (cpu_session) against the same "
+            "tensor of the original graph, on its own range",
+            max_rel=1e-4,
+        ),
+        # A float16 graph's attention outputs carry the rounding drift of every block before them
+        # (the op computes in float32, the original in float16): measured up to 0.12 of the output's
+        # range on BiFormer-T INT8 with random weights, while a wrong rewrite (keys paired with the
+        # wrong values, another region) moves them by the whole range.
+        Tolerance(
+            "rewrite.inplace.float16",
+            "as rewrite.inplace.float32 when a replaced attention is float16",
+            max_rel=0.3,
+        ),
         # fp32: TensorRT FP32 with TF32 disabled differs from PyTorch only by summation order (~1e-6
         # relative); 1e-4 leaves room for the plugin's exp/softmax order. fp16: 11-bit mantissa, errors
         # of ~5e-4 per op accumulate over the depth to ~1e-3..1e-2 of the logit range. int8:

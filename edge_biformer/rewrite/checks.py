@@ -470,8 +470,22 @@ def check_graph(
     computed with ``fake_quant_bypassed`` Q/DQ pairs bypassed (recorded, not judged).
     """
     name = tolerance_name("graph", reduced)
-    comparison = compare(actual, expected, name)
-    _judge_each(comparison, labels or {})
+    labels = labels or {}
+    outputs = {k: v for k, v in expected.items() if k not in labels}
+    comparison = compare({k: v for k, v in actual.items() if k in outputs}, outputs, name)
+    _judge_each(comparison, {})
+    inplace = {k: v for k, v in expected.items() if k in labels}
+    if inplace:
+        # Each replaced attention's output in place, on its own range: in a float16 graph it carries
+        # the rounding drift of every block upstream, hence its own (looser) entry.
+        attention = compare(
+            {k: v for k, v in actual.items() if k in inplace}, inplace, tolerance_name("inplace", reduced)
+        )
+        comparison.outputs.update(attention.outputs)
+        _judge_each(attention, labels)  # one failure per attention output beyond its own range
+        for failure in attention.failures:
+            if not failure.startswith("max relative difference"):  # the pooled number: judged per tensor
+                comparison.fail(failure)
     record = None
     if quantized is not None:
         record = compare(quantized[1], quantized[0], name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -100,3 +101,32 @@ def test_bypass_fake_quant_also_behind_a_graph_output() -> None:
     x = np.array([-1.0, 0.3, 1.26, 2.0], np.float32)
     run = ort.InferenceSession(bypassed.SerializeToString(), providers=["CPUExecutionProvider"]).run
     np.testing.assert_array_equal(run(None, {"x": x})[0], -np.maximum(x, 0))  # no rounding to 0.5 steps
+
+
+def test_inplace_attention_outputs_of_a_float16_graph_allow_upstream_drift_not_a_wrong_rewrite() -> None:
+    """check_graph judges graph outputs by the graph entry and attention outputs in place by their own:
+    in a float16 graph an attention output carries the drift of the blocks before it (BiFormer-T INT8:
+    up to 0.12 of its range while the logits stay within 4e-4), a wrong rewrite moves it by its range."""
+    from edge_biformer.rewrite.checks import check_graph
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 10)).astype(np.float32)
+    attn = rng.standard_normal((2, 8, 8, 16)).astype(np.float32)
+    scale = float(np.abs(attn).max())
+    labels = {"attn_out": "block 3 (stages.1.1/attn)"}
+    expected = {"logits": logits, "attn_out": attn}
+    drifted = {"logits": logits * (1 + 3e-4), "attn_out": attn + 0.12 * scale * np.sign(attn)}
+    ok = check_graph(expected, drifted, {"input": [2, 3, 64, 64]}, True, labels=labels)
+    assert ok.passed, ok.comparison.failures
+    assert ok.comparison.outputs["attn_out"]["max_rel_diff"] == pytest.approx(0.12, rel=1e-3)
+    wrong = {"logits": logits, "attn_out": np.roll(attn, 1, axis=-1)}  # keys paired with other values
+    bad = check_graph(expected, wrong, {"input": [2, 3, 64, 64]}, True, labels=labels)
+    assert not bad.passed
+    assert any(
+        f.startswith("block 3 (stages.1.1/attn): max relative difference") for f in bad.comparison.failures
+    )
+    strict = check_graph(expected, drifted, {"input": [2, 3, 64, 64]}, False, labels=labels)
+    assert not strict.passed  # float32 graphs: 1e-4 in place too
+    off = check_graph(expected, {"logits": logits * 1.05, "attn_out": attn}, {"input": [2, 3, 64, 64]}, True,
+                      labels=labels)  # fmt: skip
+    assert not off.passed and any("output 'logits'" in f for f in off.comparison.failures)
