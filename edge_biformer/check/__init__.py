@@ -7,6 +7,8 @@
 * :mod:`.polygraphy_io`: Polygraphy's JSON formats, its comparator and the commands that repeat a check;
 * :mod:`.report`: ``report.md`` / ``report.json``;
 * :mod:`.reference`: what the check compares with (FP32 PyTorch, else the FP32 export);
+* :mod:`.judge`: each artifact against the reference, output by output (the report's rows);
+* :mod:`.routing`: each artifact's top-k routing against the FP32 export's;
 * :mod:`.stage`: :func:`run`, the check of a build directory (``edge-biformer check``, and the last
   stage of ``edge-biformer build``).
 

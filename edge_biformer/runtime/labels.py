@@ -5,7 +5,7 @@
 1. a labels file the user gives (one name per line, or a JSON list);
 2. the ``classes`` list stored in the checkpoint the artifact's manifest chain names (the reduced test
    model and checkpoints written by ``scripts/train_reduced_biformer.py`` carry one);
-3. the ImageNet-1k names (:data:`~edge_biformer.runtime.imagenet_classes.IMAGENET_CLASSES`) for a
+3. the ImageNet-1k names (:func:`imagenet_classes`, package data ``imagenet_classes.txt``) for a
    1000-class head, the released BiFormer models;
 4. ``class_<i>``.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from edge_biformer.errors import EdgeBiformerError
 
-__all__ = ["checkpoint_classes", "read_labels", "resolve_labels"]
+__all__ = ["checkpoint_classes", "imagenet_classes", "read_labels", "resolve_labels"]
 
 
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
@@ -86,7 +86,14 @@ def resolve_labels(
     if classes is not None and len(classes) == num_classes:
         return classes, f"checkpoint {Path(str(weights)).name}"
     if num_classes == 1000:
-        from edge_biformer.runtime.imagenet_classes import IMAGENET_CLASSES
-
-        return list(IMAGENET_CLASSES), "ImageNet-1k"
+        return imagenet_classes(), "ImageNet-1k"
     return [f"class_{i}" for i in range(num_classes)], "class indices (no labels: pass --labels FILE)"
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in class-index order (torchvision's names; package data)."""
+    from importlib.resources import files
+
+    names = files("edge_biformer.runtime").joinpath("imagenet_classes.txt").read_text().splitlines()
+    assert len(names) == 1000, "edge_biformer/runtime/imagenet_classes.txt must hold 1000 names"
+    return names

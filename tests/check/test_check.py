@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edge_biformer.check import TOLERANCES, compare
+from edge_biformer.check.judge import judge
 from edge_biformer.check.polygraphy_io import (
     load_polygraphy_outputs,
     polygraphy_command,
@@ -17,7 +18,6 @@ from edge_biformer.check.polygraphy_io import (
 )
 from edge_biformer.check.report import CheckReport, TargetResult, write_report
 from edge_biformer.check.runners import Target
-from edge_biformer.check.stage import judge
 from edge_biformer.stages import PRECISIONS
 
 
