@@ -206,8 +206,12 @@ def test_rewrite_deployed_forms(exported, tmp_path: Path, name: str, exporter: s
     for check in report.block_checks:
         assert check.passed and check.exercised is not None
         assert check.exercised.wrong_pairing > DISCRIMINATION * check.exercised.tolerance
+    assert all(b["check"]["with_random_qkv"]["max_rel_diff"] <= 1e-4 for b in report.blocks)
     assert report.output_check is not None and report.output_check.passed
     assert report.output_check.exercised is not None and report.output_check.exercised.passed
+    verification = report.output_check.to_dict()  # per output and per attention output
+    assert set(verification["with_random_qkv"]["outputs"]) == set(verification["outputs"])
+    assert {b["o"] for b in report.blocks} <= set(verification["outputs"])
     # cpu_session on the rewritten graph == the original in onnxruntime == PyTorch, at the real size
     feeds = {rewritten.graph.input[0].name: x.numpy()}
     expected = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feeds)
