@@ -179,7 +179,7 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     if not scored:
         return None  # TopK + gather without attention: not BRA (e.g. a detection head)
     involved = [topk, *float_gathers]
-    name = f"block {index}"
+    name = topk.name or f"block {index}"  # the fallback when the nodes name no common scope
     if len(scored) != 1:
         raise MatchFailure(
             f"the routed keys feed {len(scored)} attention MatMuls ({', '.join(s[0].name for s in scored)}); "
@@ -455,7 +455,7 @@ def find_bra_blocks(graph: gs.Graph, info: GraphInfo) -> MatchResult:
             partial.append(
                 PartialMatch(
                     index=index,
-                    name=_block_name(err.nodes or [node], f"block {index}", info),
+                    name=_block_name(err.nodes or [node], node.name or f"block {index}", info),
                     reason=err.reason,
                     nodes=err.nodes,
                     stage_key=routing_key(node, info),

@@ -129,6 +129,12 @@ def block_record(
             "wrong_pairing_rel_diff": check.wrong_pairing,
             "inconclusive": check.inconclusive,
         }
+        if check.exercised is not None:
+            record["check"]["with_random_qkv"] = {
+                "max_abs_diff": check.exercised.max_abs_diff,
+                "max_rel_diff": check.exercised.max_rel_diff,
+                "wrong_pairing_rel_diff": check.exercised.wrong_pairing,
+            }
     return record
 
 

@@ -176,7 +176,9 @@ class Rewriter:
             ) from err
         self.block_checks = check_blocks(self.matches, self._values)
         # Again with q/k/v overridden by random values: real activations may not exercise an attention.
+        fed = {o for n in self.model.graph.node for o in n.output} | {i.name for i in self.model.graph.input}
         sources = [n for m in self.matches for n in (m.q.tensor.name, m.k.tensor.name, m.v.tensor.name)]
+        sources = [n for n in sources if n in fed]  # not constants
         self._exercise = exercise_feeds(self._values, sources)
         try:
             exercised = run_with_taps(

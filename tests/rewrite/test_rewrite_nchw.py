@@ -206,8 +206,12 @@ def test_rewrite_deployed_forms(exported, tmp_path: Path, name: str, exporter: s
     for check in report.block_checks:
         assert check.passed and check.exercised is not None
         assert check.exercised.wrong_pairing > DISCRIMINATION * check.exercised.tolerance
+    assert all(b["check"]["with_random_qkv"]["max_rel_diff"] <= 1e-4 for b in report.blocks)
     assert report.output_check is not None and report.output_check.passed
     assert report.output_check.exercised is not None and report.output_check.exercised.passed
+    verification = report.output_check.to_dict()  # per output and per attention output
+    assert set(verification["with_random_qkv"]["outputs"]) == set(verification["outputs"])
+    assert {b["o"] for b in report.blocks} <= set(verification["outputs"])
     # cpu_session on the rewritten graph == the original in onnxruntime == PyTorch, at the real size
     feeds = {rewritten.graph.input[0].name: x.numpy()}
     expected = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -318,3 +322,27 @@ def test_non_square_region_grid_is_refused(tmp_path: Path) -> None:
     ):
         rewrite_onnx(source, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.slow
+def test_biformer_block_defaults_at_a_p5_map(tmp_path: Path) -> None:
+    """The official Block's defaults at a 20x20 map (n_win=7, auto_pad, kv_per_win=4): 3x3 regions
+    pooled *up* to 4x4 tokens. Only the dynamo exporter exports that adaptive pooling (as sums divided
+    by per-bin counts, no pooling op); the pooled table is still read as the op's k/v."""
+    torch.manual_seed(0)
+    model = M.TinyDetector(
+        "biformer_block", width=64, num_heads=2, n_win=7, topk=4, kv_per_win=4, auto_pad=True
+    )
+    model = M.sharpen(model).eval()
+    x = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(1))
+    source = tmp_path / "block_defaults.onnx"
+    M.export(model, x, str(source), "dynamo")
+    out = tmp_path / "block_defaults.plugin.onnx"
+    report = rewrite_onnx(source, out)
+    assert report.replaced == 1
+    assert [(b["n_win"], b["q_region"], b["kv_region"]) for b in report.blocks] == [(7, [3, 3], [4, 4])]
+    got = edge_biformer.cpu_session(out).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    for g, r in zip(got, ref, strict=True):
+        assert_close(g, r.numpy(), max_rel=1e-4, msg="Block defaults (dynamo) vs PyTorch")
