@@ -242,3 +242,15 @@ def provenance(manifest: Mapping[str, Any]) -> dict[str, str]:
         if manifest.get(key):
             fields[key] = str(manifest[key])
     return fields
+
+
+def exported_img_size(manifest: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The image size the nearest export in a manifest's source chain was made (and verified) at.
+
+    A graph with a dynamic H/W input is built and calibrated at that size unless told another.
+    """
+    for record in sources(manifest):
+        size = ((record.get("manifest") or {}).get("options") or {}).get("img_size")
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            return int(size[0]), int(size[1])
+    return None

@@ -315,16 +315,14 @@ def _start_from_onnx(b: _Build) -> None:
 
 
 def _exported_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
-    """The image size a dynamic-H/W graph was exported and verified at (its export manifest), said."""
-    for record in manifests.sources(manifest):
-        size = ((record.get("manifest") or {}).get("options") or {}).get("img_size")
-        if isinstance(size, (list, tuple)) and len(size) == 2:
-            log(
-                f"{record.get('path')} has a dynamic H/W input: building for {size[0]}x{size[1]}, the size "
-                "it was exported at (--img-size for another)"
-            )
-            return int(size[0]), int(size[1])
-    return None
+    """The size a dynamic-H/W graph was exported at (:func:`manifests.exported_img_size`), said."""
+    size = manifests.exported_img_size(manifest)
+    if size is not None:
+        log(
+            f"{manifest['from_onnx']['path']} has a dynamic H/W input: building for {size[0]}x{size[1]}, the "
+            "size it was exported at (--img-size for another)"
+        )
+    return size
 
 
 def _has_bra(path: Path) -> bool:

@@ -215,6 +215,8 @@ def main() -> int:
         script.write_image_folder(work / "calib", "calib", args.calib_num)
         for name in args.models.split(","):
             rows += bench_model(name, work, work / "calib", work / "log.txt")
+            for row in (r for r in rows if r[0] == name):
+                print("  " + " | ".join(str(v) for v in row), flush=True)
     print("\n| model | stage | time (s) | peak RSS (MiB) | output (MB) |\n| --- | --- | --- | --- | --- |")
     for model, stage, seconds, mib, mb in rows:
         peak = f"{mib:.0f}" if mib == mib else ""  # NaN: measured in this process

@@ -70,6 +70,8 @@ def run(options: QuantizeOptions) -> QuantizeResult:
         calib = options.calib if options.calib is not None else default_calibration()
         if isinstance(calib, DataSpec):
             size = image_size(source, error=QuantizationError) or options.img_size
+            if size is None:  # dynamic H/W: the size the export was made and verified at
+                size = manifests.exported_img_size({"source": manifests.source_record(source)})
             if size is None:
                 raise QuantizationError(
                     f"{source} has a dynamic H/W input: pass --img-size for the calibration images"
