@@ -27,8 +27,8 @@ __all__ = [
 if TYPE_CHECKING:
     from edge_biformer.models.biformer import BiFormer, Block
     from edge_biformer.models.bra import BiLevelRoutingAttention
-    from edge_biformer.models.debiformer import DeBiFormer, DeformableBiLevelRoutingAttention
     from edge_biformer.models.checkpoint import load_weights, read_state_dict
+    from edge_biformer.models.debiformer import DeBiFormer, DeformableBiLevelRoutingAttention
     from edge_biformer.models.factory import create_model, model_config
 
 _LAZY = {

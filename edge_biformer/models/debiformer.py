@@ -536,6 +536,12 @@ class DeBiFormer(nn.Module):
                 )
             )
         num_heads = [qk // head_dim for qk in qk_dims]  # floor, as the official code does
+        #: Per stage, the DBRA agent stride (None for an empty stage): the input-size rule of a
+        #: stage is side % n_win == 0 and ceil(side / stride) % n_win == 0.
+        self.agent_strides: list[int | None] = [
+            DBRA_SETTINGS.get((param_size, embed_dim[i]), {}).get("stride") if depth[i] else None
+            for i in range(4)
+        ]
         self.stages = nn.ModuleList(
             nn.Sequential(
                 *[
