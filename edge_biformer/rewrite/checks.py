@@ -310,6 +310,8 @@ def check_blocks(matches: Sequence[BraMatch], values: Mapping[str, np.ndarray]) 
             results.append(BlockCheck(_failed(name, f"the op reference cannot run: {err}"), match.index))
             continue
         actual = values[match.output.name].astype(np.float32)
+        if match.output_layout == "nchw":  # the official DBRA writes the attention output NCHW
+            actual = actual.transpose(0, 2, 3, 1)
         # The op must reproduce what the original attention computed: the original is the expected side.
         results.append(BlockCheck(compare(ref, actual, name), match.index))
     return results

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from edge_biformer.rewrite.dbra import nchw_output, region_queries
 from edge_biformer.rewrite.graph import FLOAT_TYPES, GraphInfo, attr_int, const_value, producer
 from edge_biformer.rewrite.trace import (
     MatchFailure,
@@ -80,6 +81,8 @@ class BraMatch:
     internal_qdq: list[QdqUse] = field(default_factory=list)
     elem_type: int | None = None
     stage_key: tuple = ()
+    #: ``"nhwc"``, or ``"nchw"`` for the official DeBiFormer DBRA (see :mod:`.dbra`).
+    output_layout: str = "nhwc"
 
     @property
     def indices(self) -> gs.Variable:
@@ -274,6 +277,8 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     q, q_pairs = pick_source(q_trace, info, n_win, "queries", involved)
     k, k_pairs = pick_source(k_trace, info, n_win, "keys", involved)
     v, v_pairs = pick_source(v_trace, info, n_win, "values", involved)
+    if k.width != q.width:  # the official DBRA: NCHW agents cut into regions (see .dbra)
+        q, q_pairs = region_queries(q_trace, info, n_win, k.width, involved) or (q, q_pairs)
     if k.width != q.width:
         raise MatchFailure(f"queries have {q.width} channels but keys {k.width}", involved)
     types = {name: info.elem_type(src.tensor) for name, src in (("q", q), ("k", k), ("v", v))}
@@ -310,7 +315,10 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         raise MatchFailure(f"Cqk={q.width} and Cv={v.width} are not divisible by {heads} heads", involved)
 
     output, out_pairs = forward_chain(pv_mm.outputs[0], info)
-    if info.rank(output) != 4 or info.static_dim(output, -1) not in (None, v.width):
+    output_layout = "nchw" if nchw_output(output, info, v.width) else "nhwc"
+    if output_layout == "nhwc" and (
+        info.rank(output) != 4 or info.static_dim(output, -1) not in (None, v.width)
+    ):
         raise MatchFailure(
             f"the attention output '{output.name}' is not an NHWC map [N, H, W, {v.width}] "
             f"(shape {info.shape(output)})",
@@ -335,6 +343,7 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         attention=(logits_mm, softmax, pv_mm),
         internal_qdq=list(dict.fromkeys([*internal_qdq, *q_pairs, *k_pairs, *v_pairs, *out_pairs])),
         elem_type=info.elem_type(q.tensor),
+        output_layout=output_layout,
     )
 
 

@@ -192,6 +192,8 @@ def _find_channel_view(tensor: gs.Variable, start: int, stop: int, info: GraphIn
 
 def _plugin_output_shape(match: BraMatch, info: GraphInfo) -> list[int | str | None]:
     dims = info.shape(match.output) or [None, None, None, None]
+    if match.output_layout == "nchw":  # the official DBRA's output: the plugin writes it as NHWC
+        dims = [dims[0], dims[2], dims[3], dims[1]]
     clean: list[int | str | None] = []
     for d in dims[:4]:
         if (isinstance(d, int) and d > 0) or (isinstance(d, str) and d and not d.startswith("unk__")):
@@ -245,6 +247,20 @@ def replace_blocks(graph: gs.Graph, matches: list[BraMatch], info: GraphInfo) ->
             o = output
             output.dtype = _np_dtype(match.elem_type)
             output.shape = shape
+        if match.output_layout == "nchw":  # NHWC plugin output, transposed to the NCHW map read after it
+            nchw = o
+            o = gs.Variable(builder.unique(f"{prefix}/o_nhwc"), dtype=nchw.dtype, shape=shape)
+            nchw.shape = [shape[0], shape[3], shape[1], shape[2]]
+            graph.nodes.append(
+                gs.Node(
+                    op="Transpose",
+                    name=builder.unique(f"{prefix}/o_to_nchw"),
+                    attrs={"perm": [0, 3, 1, 2]},
+                    inputs=[o],
+                    outputs=[nchw],
+                )
+            )
+            builder.inserted += 1
         name = builder.unique(f"{prefix}/{CONTRACT.op_type}")
         attrs = CONTRACT.node_attributes(
             n_win=match.n_win,
