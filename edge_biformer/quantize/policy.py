@@ -7,6 +7,13 @@ attention (activation x activation MatMuls, later the plugin) stay in high preci
 FP16 conversion LayerNormalization and the routing chain stay FP32 (LayerNorm's variance overflows
 FP16 at transformer activation ranges; the routing logits decide a discrete TopK, so their
 rounding changes which regions are attended).
+
+DeBiFormer adds GridSample (deformable agents and the relative-position bias). TensorRT has no
+INT8 GridSample, and the sampling positions are sensitive: an FP16 offset of 1e-3 in normalised
+coordinates moves an agent by 1/36 pixel at 56x56 and reads the bias table 1/20 cell off. The
+*sampling chain* (:func:`sampling_nodes`: every GridSample, its grid, and the offset network that
+computes the grid from q, back to the q channel slice) gets no INT8 Q/DQ and stays FP32 under the
+FP16 conversion; it is a few small tensors per DBRA (measured in ``docs/debiformer.md``).
 """
 
 from __future__ import annotations
@@ -26,10 +33,14 @@ __all__ = [
     "fp32_nodes_after",
     "node_policy",
     "routing_nodes",
+    "sampling_nodes",
 ]
 
 #: Op types kept in FP32 by the FP16 conversion (see the module docstring).
-FP32_OP_TYPES = ("LayerNormalization", "TopK")
+FP32_OP_TYPES = ("LayerNormalization", "TopK", "GridSample")
+#: Where the walk back from a GridSample grid stops (not included): the q projection and its
+#: channel slice, shape arithmetic.
+_SAMPLING_STOPS = frozenset({"MatMul", "Gemm", "Split", "Slice", "Shape", "Constant", "QuantizeLinear"})
 
 
 @dataclass
@@ -41,6 +52,7 @@ class NodePolicy:
     excluded_by_user: list[str] = field(default_factory=list)
     attention_matmuls: list[str] = field(default_factory=list)
     routing: list[str] = field(default_factory=list)
+    sampling: list[str] = field(default_factory=list)
 
 
 def _constant_names(graph: onnx.GraphProto) -> set[str]:
@@ -82,6 +94,37 @@ def routing_nodes(graph: onnx.GraphProto, max_depth: int = 8) -> list[str]:
     return found
 
 
+def sampling_nodes(graph: onnx.GraphProto, max_depth: int = 24) -> list[str]:
+    """The sampling chain of every DBRA: each GridSample and the ancestors of its grid input.
+
+    Walks up from each GridSample's grid (input 1) through every input, stopping before the q
+    projection and its channel slice (``MatMul``/``Gemm``/``Split``/``Slice``), shape arithmetic
+    and constants, or after ``max_depth`` nodes: the reference points, the clamp, the offset
+    network (depthwise conv, LayerNorm, GELU, 1x1 conv) and the displacement of the bias grid.
+    Empty for graphs without GridSample (BiFormer).
+    """
+    producers = _producers(graph)
+    found: list[str] = []
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.op_type != "GridSample":
+            continue
+        if node.name not in seen:
+            seen.add(node.name)
+            found.append(node.name)
+        stack = [(producers.get(node.input[1]), 1)]
+        while stack:
+            current, depth = stack.pop()
+            if current is None or current.name in seen or current.op_type in _SAMPLING_STOPS:
+                continue
+            seen.add(current.name)
+            found.append(current.name)
+            if depth >= max_depth:
+                continue
+            stack.extend((producers.get(name), depth + 1) for name in current.input if name)
+    return found
+
+
 def exclude_patterns(exclude: Sequence[str]) -> list[re.Pattern[str]]:
     """Compile ``--exclude`` node-name patterns, with a clear error for an invalid one."""
     try:
@@ -93,7 +136,7 @@ def exclude_patterns(exclude: Sequence[str]) -> list[re.Pattern[str]]:
 
 
 def node_policy(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> NodePolicy:
-    """The default INT8/FP32 policy for a BiFormer graph, minus the user's ``exclude`` patterns.
+    """The default INT8/FP32 policy for a BiFormer or DeBiFormer graph, minus the user's ``exclude``.
 
     ``exclude`` holds Python regular expressions matched (``re.search``) against node names.
     """
@@ -101,7 +144,8 @@ def node_policy(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> NodePoli
     constants = _constant_names(graph)
     patterns = exclude_patterns(exclude)
     routing = routing_nodes(graph)
-    routing_set = set(routing)
+    sampling = sampling_nodes(graph)
+    routing_set = set(routing) | set(sampling)
     int8: list[str] = []
     attention: list[str] = []
     user: list[str] = []
@@ -119,7 +163,12 @@ def node_policy(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> NodePoli
         int8.append(node.name)
     fp32 = [n.name for n in graph.node if n.op_type in FP32_OP_TYPES or n.name in routing_set]
     return NodePolicy(
-        int8=int8, fp32=sorted(set(fp32)), excluded_by_user=user, attention_matmuls=attention, routing=routing
+        int8=int8,
+        fp32=sorted(set(fp32)),
+        excluded_by_user=user,
+        attention_matmuls=attention,
+        routing=routing,
+        sampling=sampling,
     )
 
 
