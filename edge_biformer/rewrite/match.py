@@ -36,7 +36,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from edge_biformer.rewrite.dbra import nchw_output, region_queries
 from edge_biformer.rewrite.graph import FLOAT_TYPES, GraphInfo, attr_int, const_value, producer
 from edge_biformer.rewrite.trace import (
     MatchFailure,
@@ -47,17 +46,13 @@ from edge_biformer.rewrite.trace import (
     forward_chain,
     index_path,
     logits_to_softmax,
+    map_dims,
     pick_source,
     softmax_to_matmul,
     trace_back,
 )
 
 __all__ = ["BraMatch", "MatchResult", "PartialMatch", "Source", "find_bra_blocks", "routing_key"]
-
-#: Ops that reduce K/V per region (kv_downsample_mode != identity).
-_POOL_OPS = frozenset(
-    {"AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax"}
-)
 
 
 @dataclass
@@ -81,8 +76,24 @@ class BraMatch:
     internal_qdq: list[QdqUse] = field(default_factory=list)
     elem_type: int | None = None
     stage_key: tuple = ()
-    #: ``"nhwc"``, or ``"nchw"`` for the official DeBiFormer DBRA (see :mod:`.dbra`).
-    output_layout: str = "nhwc"
+    #: Layout of ``output``: ``"nhwc"`` ``[N, H, W, Cv]`` or ``"nchw"`` ``[N, Cv, H, W]``.
+    output_form: str = "nhwc"
+    #: Tokens per query region and per key/value region, ``(rows, cols)`` (None where dynamic).
+    q_region: tuple[int | None, int | None] = (None, None)
+    kv_region: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def kv_pooled(self) -> bool:
+        """Whether the keys/values are pooled per region (``kv_downsample_mode != 'identity'``)."""
+        return self.k.form == "region_batch" or (
+            None not in (*self.q_region, *self.kv_region) and self.q_region != self.kv_region
+        )
+
+    @property
+    def layout(self) -> str:
+        """The layouts the op reads and writes, e.g. ``"nchw q/k/v -> nchw o"``."""
+        forms = dict.fromkeys((self.q.form, self.k.form, self.v.form))
+        return f"{'/'.join(forms)} q/k/v -> {self.output_form} o"
 
     @property
     def indices(self) -> gs.Variable:
@@ -95,9 +106,12 @@ class BraMatch:
 
     def describe(self) -> str:
         """One line for logs."""
+        pooled = (
+            f", K/V pooled to {self.kv_region[0]}x{self.kv_region[1]} per region" if self.kv_pooled else ""
+        )
         return (
             f"n_win={self.n_win} heads={self.num_heads} topk={self.topk} scale={self.scale:.6g} "
-            f"Cqk={self.q.width} Cv={self.v.width} ({self.gather_kind} gather, {self.q.form} q/k/v)"
+            f"Cqk={self.q.width} Cv={self.v.width} ({self.gather_kind} gather, {self.layout}{pooled})"
         )
 
 
@@ -165,7 +179,7 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     if not scored:
         return None  # TopK + gather without attention: not BRA (e.g. a detection head)
     involved = [topk, *float_gathers]
-    name = f"block {index}"
+    name = topk.name or f"block {index}"  # the fallback when the nodes name no common scope
     if len(scored) != 1:
         raise MatchFailure(
             f"the routed keys feed {len(scored)} attention MatMuls ({', '.join(s[0].name for s in scored)}); "
@@ -206,12 +220,20 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     if regions is None:
         raise MatchFailure(
             f"the number of regions (last dim of the routing logits '{logits.name}') is not static, so "
-            "n_win cannot be read from the graph; export with static region counts",
+            "n_win cannot be read from the graph; export with a static input size (the number of regions "
+            "of the official NCHW module depends on the input size: H // n_win-token regions) or with "
+            "static region counts",
             involved,
         )
     n_win = math.isqrt(regions)
     if n_win * n_win != regions:
-        raise MatchFailure(f"the routing logits have {regions} regions, not a square S*S", involved)
+        raise MatchFailure(
+            f"the routing logits '{logits.name}' have {regions} regions, not a square S*S: the module cuts "
+            "its map into a region grid that is not S x S (the official NCHW module does so when "
+            "H // n_win and W // n_win tokens per region give different region counts, e.g. for a "
+            "non-square input); the op needs S x S regions. Export at a size whose region grid is square",
+            involved,
+        )
     if not 1 <= topk_k <= regions:
         raise MatchFailure(f"TopK K={topk_k} is outside [1, {regions}]", involved)
 
@@ -220,7 +242,13 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         logits_mm.inputs[0], logits_mm, info, index_tensors, allow_scale=True, allow_gather=False
     )
     k_trace = trace_back(
-        logits_mm.inputs[1], logits_mm, info, index_tensors, allow_scale=True, allow_gather=True
+        logits_mm.inputs[1],
+        logits_mm,
+        info,
+        index_tensors,
+        allow_scale=True,
+        allow_gather=True,
+        channel_axis=-2,
     )
     v_trace = trace_back(pv_mm.inputs[1], pv_mm, info, index_tensors, allow_scale=False, allow_gather=True)
     for what, trace in (("keys", k_trace), ("values", v_trace)):
@@ -242,20 +270,9 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
             raise MatchFailure(
                 f"the routed {what} pass through {len(trace.gathers)} gathers; expected one", involved
             )
-        if trace.blocker is not None:
-            blocker = f"{trace.blocker.op} '{trace.blocker.name}'"
-            raise MatchFailure(
-                f"the {what} table is multiplied by a tensor (node {blocker}) before the gather; the plugin "
-                "reads the projected k/v maps as they are",
-                [*involved, trace.blocker],
-            )
-        stop_node = producer(trace.end)
-        if stop_node is not None and stop_node.op in _POOL_OPS:
-            raise MatchFailure(
-                f"the {what} are pooled per region ({stop_node.op} '{stop_node.name}') before the gather, as "
-                "kv_downsample_mode != 'identity' does; the plugin attends to every token of a routed region",
-                [*involved, stop_node],
-            )
+        # A walk that stops before the gather (in data flow) at a Mul/Div by a tensor only ends there:
+        # the op reads the table the gather read (e.g. an adaptive pooling decomposed into sums
+        # divided by per-bin counts, dynamo's export of a non-divisible ada_avgpool).
     if q_trace.gathers:
         raise MatchFailure("the queries of the attention pass through the routed gather", involved)
     if q_trace.blocker is not None and info.rank(q_trace.end) not in (4, 5):
@@ -275,10 +292,9 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         )
 
     q, q_pairs = pick_source(q_trace, info, n_win, "queries", involved)
-    k, k_pairs = pick_source(k_trace, info, n_win, "keys", involved)
-    v, v_pairs = pick_source(v_trace, info, n_win, "values", involved)
-    if k.width != q.width:  # the official DBRA: NCHW agents cut into regions (see .dbra)
-        q, q_pairs = region_queries(q_trace, info, n_win, k.width, involved) or (q, q_pairs)
+    batch = map_dims(q, info, n_win)[0]
+    k, k_pairs = pick_source(k_trace, info, n_win, "keys", involved, pooled=True, batch=batch)
+    v, v_pairs = pick_source(v_trace, info, n_win, "values", involved, pooled=True, batch=batch)
     if k.width != q.width:
         raise MatchFailure(f"queries have {q.width} channels but keys {k.width}", involved)
     types = {name: info.elem_type(src.tensor) for name, src in (("q", q), ("k", k), ("v", v))}
@@ -291,20 +307,23 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
             + "); the op takes all three in one type",
             involved,
         )
+    q_region, kv_region = _geometry(q, k, v, info, n_win, involved)
 
     # num_heads from the attention operand (B, M, Tq, d), else from the head dim.
     q_operand = logits_mm.inputs[0]
     rank = info.rank(q_operand)
-    heads = info.static_dim(q_operand, 1) if rank == 4 else None
     head_dim = info.static_dim(q_operand, -1)
+    heads = info.static_dim(q_operand, 1) if rank is not None and rank >= 4 else None
+    if heads is not None and head_dim is not None and heads * head_dim != q.width:
+        if rank == 4:
+            raise MatchFailure(
+                f"the attention operand '{q_operand.name}' has {heads} heads of {head_dim} channels, "
+                f"but the queries have {q.width} channels",
+                involved,
+            )
+        heads = None  # rank 5+: the heads need not be axis 1
     if heads is None:  # e.g. rank 3 with the heads folded into the batch: [B*M, T, d]
         heads = q.width // head_dim if head_dim and q.width % head_dim == 0 else None
-    elif head_dim is not None and heads * head_dim != q.width:
-        raise MatchFailure(
-            f"the attention operand '{q_operand.name}' has {heads} heads of {head_dim} channels, "
-            f"but the queries have {q.width} channels",
-            involved,
-        )
     if heads is None:
         raise MatchFailure(
             f"the number of heads cannot be read from the attention operand '{q_operand.name}' "
@@ -314,14 +333,21 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
     if q.width % heads or v.width % heads:
         raise MatchFailure(f"Cqk={q.width} and Cv={v.width} are not divisible by {heads} heads", involved)
 
-    output, out_pairs = forward_chain(pv_mm.outputs[0], info)
-    output_layout = "nchw" if nchw_output(output, info, v.width) else "nhwc"
-    if output_layout == "nhwc" and (
-        info.rank(output) != 4 or info.static_dim(output, -1) not in (None, v.width)
-    ):
+    output, out_pairs, out_axis = forward_chain(pv_mm.outputs[0], info)
+    output_form = _output_form(output, out_axis, v.width, info)
+    if output_form is None:
         raise MatchFailure(
-            f"the attention output '{output.name}' is not an NHWC map [N, H, W, {v.width}] "
+            f"the attention output '{output.name}' is not a map [N, H, W, {v.width}] or [N, {v.width}, H, W] "
             f"(shape {info.shape(output)})",
+            involved,
+        )
+    out_dims = info.shape(output) or [None] * 4
+    out_hw = (out_dims[1], out_dims[2]) if output_form == "nhwc" else (out_dims[2], out_dims[3])
+    q_hw = map_dims(q, info, n_win)[1:]
+    if all(isinstance(d, int) for d in (*out_hw, *q_hw)) and tuple(out_hw) != tuple(q_hw):
+        raise MatchFailure(
+            f"the attention output '{output.name}' is a {out_hw[0]}x{out_hw[1]} map, but the queries a "
+            f"{q_hw[0]}x{q_hw[1]} one; the op writes one output token per query",
             involved,
         )
     scale = float(q_trace.scale * k_trace.scale * logits_scale)
@@ -343,8 +369,57 @@ def _analyse(index: int, topk: gs.Node, info: GraphInfo) -> BraMatch | None:
         attention=(logits_mm, softmax, pv_mm),
         internal_qdq=list(dict.fromkeys([*internal_qdq, *q_pairs, *k_pairs, *v_pairs, *out_pairs])),
         elem_type=info.elem_type(q.tensor),
-        output_layout=output_layout,
+        output_form=output_form,
+        q_region=q_region,
+        kv_region=kv_region,
     )
+
+
+def _output_form(output: gs.Tensor, axis: int | None, c_v: int, info: GraphInfo) -> str | None:
+    """``"nhwc"`` or ``"nchw"``: where the attention output holds its ``c_v`` channels."""
+    if info.rank(output) != 4:
+        return None
+    if axis is None:  # a reshape of unknown dims hid the channels: the last axis, as BiFormer has them
+        return "nhwc" if info.static_dim(output, -1) in (None, c_v) else None
+    if axis in (1, 3) and info.static_dim(output, axis) in (None, c_v):
+        return "nhwc" if axis == 3 else "nchw"
+    return None
+
+
+def _geometry(
+    q: Source, k: Source, v: Source, info: GraphInfo, n_win: int, involved: list[gs.Node]
+) -> tuple[tuple[int | None, int | None], tuple[int | None, int | None]]:
+    """Tokens per query region and per key/value region; refuses maps the op cannot cut into S x S."""
+    sizes = {
+        what: map_dims(src, info, n_win)[1:] for what, src in (("queries", q), ("keys", k), ("values", v))
+    }
+    for what, (height, width) in sizes.items():
+        for side, size in (("height", height), ("width", width)):
+            if isinstance(size, int) and size % n_win:
+                raise MatchFailure(
+                    f"the {what} map has {side} {size}, not a multiple of the {n_win} regions per side that "
+                    "the routing uses; the op cuts every map into S x S equal regions",
+                    involved,
+                )
+    kh, kw = sizes["keys"]
+    vh, vw = sizes["values"]
+    if all(isinstance(d, int) for d in (kh, kw, vh, vw)) and (kh, kw) != (vh, vw):
+        raise MatchFailure(
+            f"the keys are a {kh}x{kw} map but the values a {vh}x{vw} one; the op reads keys and values of "
+            "the same regions",
+            involved,
+        )
+    if k.form != v.form and "region_batch" in (k.form, v.form):
+        raise MatchFailure(
+            f"the keys are read as {k.form} and the values as {v.form}; pooled keys and values must come "
+            "from the same per-region tables",
+            involved,
+        )
+
+    def per_region(hw: tuple) -> tuple[int | None, int | None]:
+        return tuple(d // n_win if isinstance(d, int) else None for d in hw)  # type: ignore[return-value]
+
+    return per_region(sizes["queries"]), per_region(sizes["keys"])
 
 
 def routing_key(topk: gs.Node, info: GraphInfo) -> tuple:
@@ -380,7 +455,7 @@ def find_bra_blocks(graph: gs.Graph, info: GraphInfo) -> MatchResult:
             partial.append(
                 PartialMatch(
                     index=index,
-                    name=_block_name(err.nodes or [node], f"block {index}", info),
+                    name=_block_name(err.nodes or [node], node.name or f"block {index}", info),
                     reason=err.reason,
                     nodes=err.nodes,
                     stage_key=routing_key(node, info),

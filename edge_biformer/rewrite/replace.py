@@ -7,9 +7,12 @@ For each :class:`~edge_biformer.rewrite.match.BraMatch`:
   existing ``Split``/``Slice`` output with exactly those channels (our exports split qkv into three,
   the official module slices k and v out of its kv tensor) or gets a new ``Slice``. Region
   tensors ``[N, S*S, h, w, C]`` (the official module projects after patchifying) are turned into NHWC
-  maps with ``Reshape -> Transpose -> Reshape``;
-* the plugin node takes over the attention output tensor ``o`` (same name, same consumers), so
-  LCE, the output projection, the crop of ``auto_pad`` and everything else stay untouched;
+  maps with ``Reshape -> Transpose -> Reshape``, NCHW maps ``[N, C, H, W]`` (the official NCHW
+  module) with a ``Transpose``, and pooled region tables ``[N*S*S, C, h, w]`` (pooled K/V) with
+  ``Reshape -> Transpose -> Reshape`` into the ``[N, S*h, S*w, C]`` maps of the pooled tokens;
+* the plugin node takes over the attention output tensor ``o`` (same name, same consumers; an NCHW
+  ``o`` through a ``Transpose`` after the node), so LCE, the output projection, the crop of
+  ``auto_pad`` and everything else stay untouched;
 * the old gather/attention subgraph is then dead and removed by ``cleanup()``.
 
 Nothing else is modified: Q/DQ nodes outside the replaced subgraph stay as they are.
@@ -25,7 +28,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from edge_biformer.ops.bra import CONTRACT
-from edge_biformer.rewrite.graph import GraphInfo, attr_int, consumers, last_axis_slice, split_sizes
+from edge_biformer.rewrite.graph import GraphInfo, attr_int, axis_slice, consumers, split_sizes
 from edge_biformer.rewrite.match import BraMatch
 from edge_biformer.rewrite.trace import Source
 
@@ -81,24 +84,16 @@ class _Builder:
         return gs.Constant(self.unique(f"{prefix}/const"), np.asarray(values, dtype=np.int64))
 
     # -- q/k/v ---------------------------------------------------------------------------------------
-    def channel_view(self, source: Source, prefix: str) -> gs.Variable:
-        """The tensor holding exactly ``source``'s channels (reused if the graph has it)."""
-        if source.is_full:
-            return source.tensor
-        existing = _find_channel_view(source.tensor, source.start, source.stop, self.info)
+    def channel_view(self, tensor: gs.Variable, axis: int, start: int, stop: int, prefix: str) -> gs.Variable:
+        """The tensor holding exactly channels ``[start, stop)`` of ``axis`` (reused if the graph has it)."""
+        existing = _find_channel_view(tensor, axis, start, stop, self.info)
         if existing is not None:
             return existing
-        dtype = source.tensor.dtype
         return self.node(
             "Slice",
             prefix,
-            [
-                source.tensor,
-                self.const(prefix, [source.start]),
-                self.const(prefix, [source.stop]),
-                self.const(prefix, [-1]),
-            ],
-            dtype=dtype,
+            [tensor, self.const(prefix, [start]), self.const(prefix, [stop]), self.const(prefix, [axis])],
+            dtype=tensor.dtype,
         )
 
     def nhwc(self, source: Source, n_win: int, prefix: str) -> gs.Variable:
@@ -106,11 +101,61 @@ class _Builder:
         key = (source.tensor.name, source.start, source.stop, source.form)
         if key in self._views:
             return self._views[key]
-        tensor = self.channel_view(source, prefix)
-        if source.form == "regions":
-            tensor = self._regions_to_nhwc(tensor, source, n_win, prefix)
+        if source.form == "region_batch":  # k and v share one conversion of the pooled table
+            whole = (source.tensor.name, 0, source.channels, source.form)
+            if whole not in self._views:
+                self._views[whole] = self._region_batch_to_nhwc(source, n_win, prefix)
+            tensor = self._views[whole]
+            if not source.is_full:
+                tensor = self.channel_view(tensor, 3, source.start, source.stop, prefix)
+        else:
+            tensor = source.tensor
+            if not source.is_full:
+                axis = source.axis if source.axis >= 0 else (self.info.rank(tensor) or 0) + source.axis
+                tensor = self.channel_view(tensor, axis, source.start, source.stop, prefix)
+            if source.form == "regions":
+                tensor = self._regions_to_nhwc(tensor, source, n_win, prefix)
+            elif source.form == "nchw":
+                tensor = self.node(
+                    "Transpose", prefix, [tensor], attrs={"perm": [0, 2, 3, 1]}, dtype=tensor.dtype
+                )
         self._views[key] = tensor
         return tensor
+
+    def _region_batch_to_nhwc(self, source: Source, s: int, prefix: str) -> gs.Variable:
+        """[N*S*S, C, h, w] -> [N, S*h, S*w, C] (region (j, i) = j*S + i of each image)."""
+        tensor = source.tensor
+        dims = self.info.shape(tensor) or [None] * 4
+        h, w, c = dims[2], dims[3], source.channels
+        dtype = tensor.dtype
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            target6: gs.Tensor = self.const(prefix, [-1, s, s, c, h, w])
+            target4: gs.Tensor = self.const(prefix, [-1, s * h, s * w, c])
+        else:
+            shape = self.node("Shape", prefix, [tensor], dtype=np.int64, shape=[4])
+            hw = self.node(
+                "Slice", prefix, [shape, self.const(prefix, [2]), self.const(prefix, [4])], dtype=np.int64
+            )
+            hw_full = self.node("Mul", prefix, [hw, self.const(prefix, [s])], dtype=np.int64, shape=[2])
+            target6 = self.node(
+                "Concat",
+                prefix,
+                [self.const(prefix, [-1, s, s, c]), hw],
+                attrs={"axis": 0},
+                dtype=np.int64,
+                shape=[6],
+            )
+            target4 = self.node(
+                "Concat",
+                prefix,
+                [self.const(prefix, [-1]), hw_full, self.const(prefix, [c])],
+                attrs={"axis": 0},
+                dtype=np.int64,
+                shape=[4],
+            )
+        grid = self.node("Reshape", prefix, [tensor, target6], dtype=dtype)
+        rows = self.node("Transpose", prefix, [grid], attrs={"perm": [0, 1, 4, 2, 5, 3]}, dtype=dtype)
+        return self.node("Reshape", prefix, [rows, target4], dtype=dtype)
 
     def _regions_to_nhwc(self, tensor: gs.Variable, source: Source, s: int, prefix: str) -> gs.Variable:
         """[N, S*S, h, w, C] -> [N, S*h, S*w, C] (region (j, i) = j*S + i)."""
@@ -159,8 +204,10 @@ class _Builder:
         return self.node("Reshape", prefix, [rows, target4], dtype=dtype)
 
 
-def _find_channel_view(tensor: gs.Variable, start: int, stop: int, info: GraphInfo) -> gs.Variable | None:
-    """An existing tensor equal to ``tensor[..., start:stop]`` (through last-axis Split/Slice)."""
+def _find_channel_view(
+    tensor: gs.Variable, axis: int, start: int, stop: int, info: GraphInfo
+) -> gs.Variable | None:
+    """An existing tensor equal to channels ``[start, stop)`` of ``axis`` (through Split/Slice of it)."""
     frontier: list[tuple[gs.Tensor, int]] = [(tensor, 0)]
     for _depth in range(3):
         nxt: list[tuple[gs.Tensor, int]] = []
@@ -168,7 +215,7 @@ def _find_channel_view(tensor: gs.Variable, start: int, stop: int, info: GraphIn
             for node in consumers(current):
                 if node.inputs[0] is not current:
                     continue
-                if node.op == "Split" and info.is_last_axis(current, attr_int(node, "axis", 0) or 0):
+                if node.op == "Split" and info.axis(current, attr_int(node, "axis", 0) or 0) == axis:
                     sizes = split_sizes(node, info)
                     if sizes is None:
                         continue
@@ -179,10 +226,10 @@ def _find_channel_view(tensor: gs.Variable, start: int, stop: int, info: GraphIn
                         nxt.append((out, begin))
                         begin += size
                 elif node.op == "Slice":
-                    bounds = last_axis_slice(node, info)
-                    if bounds is None or bounds[1] is None:
+                    cut = axis_slice(node, info)
+                    if cut is None or cut[2] is None or info.axis(current, cut[0]) != axis:
                         continue
-                    begin, end = offset + bounds[0], offset + bounds[1]
+                    begin, end = offset + cut[1], offset + cut[2]
                     if (begin, end) == (start, stop):
                         return node.outputs[0]
                     nxt.append((node.outputs[0], begin))
@@ -191,8 +238,9 @@ def _find_channel_view(tensor: gs.Variable, start: int, stop: int, info: GraphIn
 
 
 def _plugin_output_shape(match: BraMatch, info: GraphInfo) -> list[int | str | None]:
+    """``[N, Hq, Wq, Cv]`` of the node's output (dims of the attention output where known)."""
     dims = info.shape(match.output) or [None, None, None, None]
-    if match.output_layout == "nchw":  # the official DBRA's output: the plugin writes it as NHWC
+    if match.output_form == "nchw" and len(dims) == 4:
         dims = [dims[0], dims[2], dims[3], dims[1]]
     clean: list[int | str | None] = []
     for d in dims[:4]:
@@ -228,9 +276,28 @@ def replace_blocks(graph: gs.Graph, matches: list[BraMatch], info: GraphInfo) ->
         output.inputs.clear()  # detach o from the old attention; the plugin produces it now
         shape = _plugin_output_shape(match, info)
         out_type = info.elem_type(output)
-        if out_type is not None and match.elem_type is not None and out_type != match.elem_type:
+        cast = out_type is not None and match.elem_type is not None and out_type != match.elem_type
+        o = output
+        output.dtype = _np_dtype(out_type if cast else match.elem_type)
+        if match.output_form == "nchw":  # the op writes NHWC; a Transpose makes the NCHW tensor
+            output.shape = [shape[0], shape[3], shape[1], shape[2]]
+            o = gs.Variable(builder.unique(f"{prefix}/o_nhwc"), dtype=output.dtype, shape=shape)
+            graph.nodes.append(
+                gs.Node(
+                    op="Transpose",
+                    name=builder.unique(f"{prefix}/o_nchw"),
+                    attrs={"perm": [0, 3, 1, 2]},
+                    inputs=[o],
+                    outputs=[output],
+                )
+            )
+            builder.inserted += 1
+        else:
+            output.shape = shape
+        if cast:
             # A float Cast after the attention (e.g. kept in fp32 by --exclude): the op returns q's
             # type, a Cast restores the type the rest of the graph reads.
+            typed = o
             o = gs.Variable(builder.unique(f"{prefix}/o"), dtype=_np_dtype(match.elem_type), shape=shape)
             graph.nodes.append(
                 gs.Node(
@@ -238,29 +305,10 @@ def replace_blocks(graph: gs.Graph, matches: list[BraMatch], info: GraphInfo) ->
                     name=builder.unique(f"{prefix}/o_cast"),
                     attrs={"to": int(out_type)},
                     inputs=[o],
-                    outputs=[output],
+                    outputs=[typed],
                 )
             )
-            output.dtype = _np_dtype(out_type)
-            output.shape = shape
-        else:
-            o = output
-            output.dtype = _np_dtype(match.elem_type)
-            output.shape = shape
-        if match.output_layout == "nchw":  # NHWC plugin output, transposed to the NCHW map read after it
-            nchw = o
-            o = gs.Variable(builder.unique(f"{prefix}/o_nhwc"), dtype=nchw.dtype, shape=shape)
-            nchw.shape = [shape[0], shape[3], shape[1], shape[2]]
-            graph.nodes.append(
-                gs.Node(
-                    op="Transpose",
-                    name=builder.unique(f"{prefix}/o_to_nchw"),
-                    attrs={"perm": [0, 3, 1, 2]},
-                    inputs=[o],
-                    outputs=[nchw],
-                )
-            )
-            builder.inserted += 1
+            typed.dtype = _np_dtype(out_type)
         name = builder.unique(f"{prefix}/{CONTRACT.op_type}")
         attrs = CONTRACT.node_attributes(
             n_win=match.n_win,

@@ -113,13 +113,28 @@ def block_record(
         "c_v": match.v.width,
         "gather": match.gather_kind,
         "qkv_layout": match.q.form,
+        "layout": match.layout,
+        "kv_pooled": match.kv_pooled,
+        "q_region": list(match.q_region),
+        "kv_region": list(match.kv_region),
         "q": match.q.tensor.name,
         "k": match.k.tensor.name,
         "v": match.v.tensor.name,
         "o": match.output.name,
     }
     if check is not None:
-        record["check"] = {"max_abs_diff": check.max_abs_diff, "max_rel_diff": check.max_rel_diff}
+        record["check"] = {
+            "max_abs_diff": check.max_abs_diff,
+            "max_rel_diff": check.max_rel_diff,
+            "wrong_pairing_rel_diff": check.wrong_pairing,
+            "inconclusive": check.inconclusive,
+        }
+        if check.exercised is not None:
+            record["check"]["with_random_qkv"] = {
+                "max_abs_diff": check.exercised.max_abs_diff,
+                "max_rel_diff": check.exercised.max_rel_diff,
+                "wrong_pairing_rel_diff": check.exercised.wrong_pairing,
+            }
     return record
 
 

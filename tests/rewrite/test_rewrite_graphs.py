@@ -347,15 +347,32 @@ def test_soft_routing_is_reported_not_rewritten(exported, tmp_path: Path) -> Non
     assert not out.exists()
 
 
-def test_pooled_kv_blocks_are_kept_with_skip_partial(exported, tmp_path: Path) -> None:
+def test_pooled_kv_blocks_are_rewritten(exported, tmp_path: Path) -> None:
+    """Pooled K/V (kv_downsample_mode='avgpool', ratio 2 in stages 1-2): the pooled maps are k and v.
+
+    Issue 10 turned this former refusal ("keys are pooled per region") into a rewrite: the contract
+    takes key/value maps of another size than the queries.
+    """
     out = tmp_path / "pooled.plugin.onnx"
-    with pytest.raises(RewriteError, match=r"2 BRA block\(s\) match only in part.*pooled per region"):
-        rewrite_onnx(exported("pooled"), out)
-    assert not out.exists()
-    report = rewrite_onnx(exported("pooled"), out, skip_partial=True)
-    assert (report.found, report.replaced) == (4, 2)  # stages 1-2 pool K/V (ratio 2), stage 3 does not
-    assert [p["index"] for p in report.partial] == [0, 1]
-    assert _ops(onnx.load(str(out)))[CONTRACT.op_type] == 2
+    report = rewrite_onnx(exported("pooled"), out)
+    assert (report.found, report.replaced) == (4, 4)
+    assert report.partial == []
+    assert [b["kv_pooled"] for b in report.blocks] == [True, True, False, False]
+    assert report.output_check is not None and report.output_check.passed
+    model = onnx.load(str(out))
+    assert _ops(model)[CONTRACT.op_type] == 4
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+
+    def hw(name: str) -> tuple[int, int]:
+        dims = inferred[name].type.tensor_type.shape.dim
+        return dims[1].dim_value, dims[2].dim_value
+
+    plugins = [n for n in model.graph.node if n.op_type == CONTRACT.op_type]
+    # stage 1: 56x56 queries, keys pooled 2x2 -> 28x28; stage 3: 14x14 both
+    assert [(hw(n.input[0]), hw(n.input[1])) for n in (plugins[0], plugins[2])] == [
+        ((56, 56), (28, 28)),
+        ((14, 14), (14, 14)),
+    ]
     _assert_pair(exported("pooled"), out, (3, 3, 224, 224))
 
 
