@@ -1,10 +1,10 @@
-"""edge-biformer: BiFormer from PyTorch to TensorRT.
+"""edge-biformer: BiFormer and DeBiFormer from PyTorch to TensorRT.
 
 Public API::
 
     import edge_biformer
     model = edge_biformer.create_model("biformer_tiny", weights="biformer_tiny_best.pth")
-    edge_biformer.list_models()  # ['biformer_base', 'biformer_small', 'biformer_tiny']
+    edge_biformer.list_models()  # ['biformer_base', ..., 'debiformer_tiny']
     session = edge_biformer.cpu_session("model.plugin.onnx")  # onnxruntime, plugin nodes included
     edge_biformer.build(my_yolo, torch.rand(1, 3, 640, 640), precision="int8", output="out",
                         calib_data="images/", preprocess="yolo")  # a module of one's own, end to end

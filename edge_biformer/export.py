@@ -94,16 +94,29 @@ def _stage_sizes(size: int, n_stages: int = 4) -> list[int]:
     return sizes
 
 
-def valid_sizes_near(size: int, n_win: int, routed_stages: Sequence[int]) -> list[int]:
+def valid_sizes_near(
+    size: int, n_win: int, routed_stages: Sequence[int], strides: Sequence[int | None] | None = None
+) -> list[int]:
     """The nearest valid input side below ``size`` and the nearest above it (for error messages)."""
-    below = next((s for s in range(size - 1, 31, -1) if _side_ok(s, n_win, routed_stages)), None)
-    above = next(s for s in range(size + 1, size + 64 * n_win + 1) if _side_ok(s, n_win, routed_stages))
+    below = next((s for s in range(size - 1, 31, -1) if _side_ok(s, n_win, routed_stages, strides)), None)
+    above = next(
+        s for s in range(size + 1, size + 64 * n_win + 1) if _side_ok(s, n_win, routed_stages, strides)
+    )
     return [s for s in (below, above) if s is not None]
 
 
-def _side_ok(side: int, n_win: int, routed_stages: Sequence[int]) -> bool:
+def _side_ok(
+    side: int, n_win: int, routed_stages: Sequence[int], strides: Sequence[int | None] | None = None
+) -> bool:
+    """Every routed stage's map side is a multiple of n_win (and so is a DBRA's agent grid side)."""
     sizes = _stage_sizes(side)
-    return all(sizes[i] % n_win == 0 and sizes[i] > 0 for i in routed_stages)
+    for i in routed_stages:
+        if sizes[i] <= 0 or sizes[i] % n_win:
+            return False
+        stride = strides[i] if strides else None
+        if stride and -(-sizes[i] // stride) % n_win:
+            return False
+    return True
 
 
 def check_input_size(model: nn.Module, height: int, width: int) -> None:
@@ -114,19 +127,34 @@ def check_input_size(model: nn.Module, height: int, width: int) -> None:
         raise EdgeBiformerError(f"--img-size {height}x{width} is too small: BiFormer needs at least 32x32")
     if config.get("auto_pad", False):
         return
-    routed = [i for i, k in enumerate(config.get("topks", [])) if k > 0]
+    # DeBiFormer: every non-empty stage routes (its DBRA also needs agent grids of multiples of n_win).
+    strides = getattr(model, "agent_strides", None)
+    if strides is not None:
+        routed = [i for i, s in enumerate(strides) if s]
+    else:
+        routed = [i for i, k in enumerate(config.get("topks", [])) if k > 0]
     for side, name in ((height, "height"), (width, "width")):
-        if not _side_ok(side, n_win, routed):
+        if not _side_ok(side, n_win, routed, strides):
             sides = _stage_sizes(side)
             got = ", ".join(f"{sides[i]}" for i in routed)
-            near = " or ".join(str(s) for s in valid_sizes_near(side, n_win, routed))
+            near = " or ".join(str(s) for s in valid_sizes_near(side, n_win, routed, strides))
+            agents = (
+                " and (DeBiFormer) its agent grid, the map side divided by the stage's stride "
+                f"{', '.join(str(strides[i]) for i in routed)} rounded up, too"
+                if strides is not None
+                else ""
+            )
             raise EdgeBiformerError(
                 f"--img-size {name} {side} does not fit the model: each routed-attention stage splits its "
                 f"feature map into n_win={n_win} x {n_win} regions, so the map's side must be a multiple of "
-                f"{n_win}; at {side} the routed stages get sides {got} (the stride-2 convs round up: "
+                f"{n_win}{agents}; at {side} the routed stages get sides {got} (the stride-2 convs round up: "
                 f"ceil({side}/4), ceil({side}/8), ...). The nearest sizes that fit are {near}; multiples "
-                f"of {32 * n_win} fit without rounding. Use one of those, or build the model with "
-                "auto_pad=True (--auto-pad) to accept any size"
+                f"of {32 * n_win} fit without rounding. Use one of those"
+                + (
+                    " (DeBiFormer has no auto_pad)"
+                    if strides is not None
+                    else ", or build the model with auto_pad=True (--auto-pad) to accept any size"
+                )
             )
 
 
@@ -360,7 +388,9 @@ def export_onnx(
     model = model.eval()
     require_finite_module(model, getattr(model, "variant", None) or type(model).__name__)
     generator = torch.Generator().manual_seed(seed)
-    example = torch.randn(static_batch or 1, 3, height, width, generator=generator)
+    # torch.export specialises a dimension whose example size is 1, so a dynamic batch is traced at 2.
+    example_batch = static_batch or (2 if exporter == "dynamo" else 1)
+    example = torch.randn(example_batch, 3, height, width, generator=generator)
     tol = TOLERANCES["export"] if tolerance is None else replace(TOLERANCES["export"], max_rel=tolerance)
 
     start = time.perf_counter()

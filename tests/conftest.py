@@ -28,6 +28,18 @@ SMALL_W7 = {
     "num_classes": 10,
 }
 
+#: The architecture of ../shared/reference/debiformer/debiformer_small_cfg.* (overrides of debiformer_tiny):
+#: stage 1 = BRA(topk 1) + DBRA(topk 4), stage 2 = DBRA + DBRA (topk 49), stages 3-4 downsampling only.
+DEBI_SMALL_CFG = {
+    "depth": [1, 1, 0, 0],
+    "embed_dim": [64, 128, 32, 32],
+    "qk_dims": [64, 128, 32, 32],
+    "mlp_ratios": [1, 1, 1, 1],
+    "topks": [4, -2, 16, -2],
+    "num_classes": 10,
+}
+DEBI_DIR = REFERENCE_DIR / "debiformer"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without the reference data, skip the tests that read it (by name or through its fixtures)."""
@@ -38,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
     for item in items:
         func = getattr(item, "function", None)
-        uses_fixture = {"golden", "reference_dir"} & set(getattr(item, "fixturenames", ()))
+        uses_fixture = {"golden", "debi_golden", "reference_dir"} & set(getattr(item, "fixturenames", ()))
         try:
             uses_name = func is not None and "REFERENCE_DIR" in inspect.getsource(item.module)
         except (OSError, TypeError):
@@ -57,6 +69,13 @@ def reference_dir() -> Path:
 def golden() -> dict[str, np.ndarray]:
     """Input ``x`` and official logits ``y`` of ``official_small_w7``."""
     data = np.load(REFERENCE_DIR / "official_small_w7.golden.npz")
+    return {"x": data["x"], "y": data["y"]}
+
+
+@pytest.fixture(scope="session")
+def debi_golden() -> dict[str, np.ndarray]:
+    """Input ``x`` and official logits ``y`` of ``debiformer/debiformer_small_cfg``."""
+    data = np.load(DEBI_DIR / "debiformer_small_cfg.golden.npz")
     return {"x": data["x"], "y": data["y"]}
 
 

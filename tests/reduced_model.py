@@ -1,4 +1,4 @@
-"""Test helpers: the reduced BiFormer of scripts/train_reduced_biformer.py and its generated data."""
+"""Test helpers: the reduced BiFormer and DeBiFormer of scripts/train_reduced_biformer.py and their data."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from types import ModuleType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO_ROOT / "tests" / "data" / "reduced_biformer_shapes10.pth"
+DEBI_CHECKPOINT = REPO_ROOT / "tests" / "data" / "reduced_debiformer_shapes10.pth"
 
 
 @lru_cache(maxsize=1)
@@ -22,11 +23,11 @@ def train_script() -> ModuleType:
     return module
 
 
-def arch_args() -> list[str]:
-    """The reduced config as ``--arch KEY=VALUE`` CLI arguments."""
+def arch_args(family: str = "biformer") -> list[str]:
+    """The reduced config of ``family`` as ``--arch KEY=VALUE`` CLI arguments."""
     import json
 
-    config = dict(train_script().REDUCED_CONFIG)
+    config = dict(train_script().FAMILIES[family]["config"])
     num_classes = config.pop("num_classes")
     args = ["--num-classes", str(num_classes)]
     for key, value in config.items():

@@ -1,4 +1,4 @@
-"""BiFormer models: the official variants and :func:`create_model`.
+"""BiFormer and DeBiFormer models: the official variants and :func:`create_model`.
 
 ``list_models()`` and ``VARIANTS`` come from :mod:`.registry` without importing torch; the model
 classes and :func:`create_model` (:mod:`.factory`) load PyTorch on first use.
@@ -16,6 +16,8 @@ __all__ = [
     "BiFormerBackbone",
     "BiLevelRoutingAttention",
     "Block",
+    "DeBiFormer",
+    "DeformableBiLevelRoutingAttention",
     "create_model",
     "list_models",
     "load_weights",
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from edge_biformer.models.biformer import BiFormer, BiFormerBackbone, Block
     from edge_biformer.models.bra import BiLevelRoutingAttention
     from edge_biformer.models.checkpoint import load_weights, read_state_dict
+    from edge_biformer.models.debiformer import DeBiFormer, DeformableBiLevelRoutingAttention
     from edge_biformer.models.factory import create_model, model_config
 
 _LAZY = {
@@ -34,6 +37,8 @@ _LAZY = {
     "BiFormerBackbone": "biformer",
     "Block": "biformer",
     "BiLevelRoutingAttention": "bra",
+    "DeBiFormer": "debiformer",
+    "DeformableBiLevelRoutingAttention": "debiformer",
     "load_weights": "checkpoint",
     "read_state_dict": "checkpoint",
     "create_model": "factory",

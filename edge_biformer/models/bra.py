@@ -109,6 +109,33 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return x[:, :padded_h, :padded_w, :]
 
 
+def flat_region_index(r_idx: Tensor, n_regions: int) -> Tensor:
+    """Routed region indices (N, S*S, topk) as rows of a (N*S*S, ...) region table: ``n*S*S + r_idx``.
+
+    The routed K/V are then read with one ``index_select`` (ONNX ``Gather``) per table.
+    """
+    batch = r_idx.shape[0]
+    offsets = torch.arange(batch, device=r_idx.device, dtype=r_idx.dtype).reshape(-1, 1, 1) * n_regions
+    return (r_idx + offsets).reshape(-1)
+
+
+def multihead_attention(
+    q_pix: Tensor, k_sel: Tensor, v_sel: Tensor, num_heads: int, scale: float, qk_dim: int, dim: int
+) -> Tensor:
+    """``softmax((q * scale) @ k^T) @ v`` per region and head; channels split head-major.
+
+    ``q_pix`` (B, Tq, qk_dim), ``k_sel`` (B, Tk, qk_dim), ``v_sel`` (B, Tk, dim); returns (B, Tq, dim).
+    The widths are passed as ints so that exported graphs reshape by constants.
+    """
+    m = num_heads
+    tq, tk = q_pix.shape[1], k_sel.shape[1]
+    q = q_pix.reshape(-1, tq, m, qk_dim // m).permute(0, 2, 1, 3)
+    k = k_sel.reshape(-1, tk, m, qk_dim // m).permute(0, 2, 3, 1)
+    v = v_sel.reshape(-1, tk, m, dim // m).permute(0, 2, 1, 3)
+    attn = torch.softmax((q * scale) @ k, dim=-1)
+    return (attn @ v).permute(0, 2, 1, 3).reshape(-1, tq, dim)
+
+
 class BiLevelRoutingAttention(nn.Module):
     """BRA on NHWC maps, compatible with the official ``BiLevelRoutingAttention`` (legacy) weights.
 
@@ -179,18 +206,8 @@ class BiLevelRoutingAttention(nn.Module):
         return self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     def _attend(self, q_pix: Tensor, k_sel: Tensor, v_sel: Tensor) -> Tensor:
-        """Multi-head attention per region.
-
-        ``q_pix`` (B, Tq, Cqk), ``k_sel`` (B, Tk, Cqk), ``v_sel`` (B, Tk, C) with B = N*S*S;
-        returns (B, Tq, C). Channels are split head-major.
-        """
-        m = self.num_heads
-        tq, tk = q_pix.shape[1], k_sel.shape[1]
-        q = q_pix.reshape(-1, tq, m, self.qk_dim // m).permute(0, 2, 1, 3)
-        k = k_sel.reshape(-1, tk, m, self.qk_dim // m).permute(0, 2, 3, 1)
-        v = v_sel.reshape(-1, tk, m, self.dim // m).permute(0, 2, 1, 3)
-        attn = torch.softmax((q * self.scale) @ k, dim=-1)
-        return (attn @ v).permute(0, 2, 1, 3).reshape(-1, tq, self.dim)
+        """Multi-head attention per region (:func:`multihead_attention` with this block's heads/scale)."""
+        return multihead_attention(q_pix, k_sel, v_sel, self.num_heads, self.scale, self.qk_dim, self.dim)
 
     def _downsample_regions(self, kv: Tensor) -> Tensor:
         """(N, S*S, h, w, C) -> (N*S*S, h'*w', C) after the optional per-region K/V pooling."""
@@ -248,9 +265,7 @@ class BiLevelRoutingAttention(nn.Module):
         Routed K/V regions are rows of the (N*S*S, tokens, C) region tables picked by index.
         """
         s = self.n_win
-        batch = r_idx.shape[0]
-        offsets = torch.arange(batch, device=r_idx.device, dtype=r_idx.dtype).reshape(-1, 1, 1) * (s * s)
-        flat_idx = (r_idx + offsets).reshape(-1)
+        flat_idx = flat_region_index(r_idx, s * s)
         k_tab, v_tab = self._downsample_regions(k_reg), self._downsample_regions(v_reg)
         tokens = k_tab.shape[1]
         k_sel = torch.index_select(k_tab, 0, flat_idx)  # (N*S*S*topk, tokens, Cqk)

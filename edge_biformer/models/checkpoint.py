@@ -1,4 +1,4 @@
-"""Loading official BiFormer checkpoints (classification and dense-task backbones)."""
+"""Loading official BiFormer and DeBiFormer checkpoints (classification and dense-task backbones)."""
 
 from __future__ import annotations
 
@@ -102,8 +102,29 @@ def _is_tensor_dict(d: Mapping) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str], variant: str = "model") -> None:
+#: Key fragments only one family's blocks have: BiFormer blocks hold one ``attn``/``pos_embed``,
+#: DeBiFormer blocks two (``attn1``/``attn2``, ``pos_embed1``/``pos_embed2``).
+_FAMILY_MARKS = {"biformer": (".attn.", ".pos_embed."), "debiformer": (".attn1.", ".pos_embed1.")}
+_FAMILY_LABELS = {"biformer": "BiFormer", "debiformer": "DeBiFormer"}
+
+
+def checkpoint_family(state: Mapping[str, torch.Tensor]) -> str | None:
+    """``"biformer"`` or ``"debiformer"`` from the block keys of a state dict; None if neither."""
+    found = [
+        family
+        for family, marks in _FAMILY_MARKS.items()
+        if any(k.startswith("stages.") and any(m in k for m in marks) for k in state)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike[str], variant: str = "model", family: str | None = None
+) -> None:
     """Load a checkpoint into ``model`` strictly, with one clear error on any mismatch.
+
+    ``family`` (``"biformer"`` or ``"debiformer"``): the model's family; a checkpoint of the
+    other family is refused with an error that names the models it fits.
 
     Into a classifier, a dense-task backbone checkpoint (``backbone.`` prefix) loads everything but
     the classifier head and final norm, which it does not hold (a warning says they stay at
@@ -117,6 +138,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], variant: str = 
     initialisation, weight 1 and bias 0); its head and final norm are ignored.
     """
     state, is_backbone = read_state_dict(path)
+    found = checkpoint_family(state)
+    if family is not None and found is not None and found != family:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {_FAMILY_LABELS[found]} model (its blocks have "
+            f"{'/'.join(m.strip('.') for m in _FAMILY_MARKS[found])} weights), but {variant} is a "
+            f"{_FAMILY_LABELS[family]}: pick a {found}_* model (--model {found}_tiny/small/base) for it, "
+            f"or pass a {_FAMILY_LABELS[family]} checkpoint"
+        )
     own = model.state_dict()
     ignored = getattr(model, "ignored_checkpoint_key", None)
     left_out: list[str] = []

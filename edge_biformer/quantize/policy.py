@@ -24,6 +24,13 @@ after the last weighted op: a detection head's decode with its grids and strides
 an upsampling to the input size) stays FP32 under the FP16 conversion, because box coordinates of
 hundreds of pixels lose whole fractions of a pixel in FP16. A classifier's head is judged by its
 top-1 and keeps INT8.
+
+DeBiFormer adds GridSample (deformable agents and the relative-position bias). TensorRT has no
+INT8 GridSample, and the sampling positions are sensitive: an FP16 offset of 1e-3 in normalised
+coordinates moves an agent by 1/36 pixel at 56x56 and reads the bias table 1/20 cell off. The
+*sampling chain* (:func:`sampling_nodes`: every GridSample, its grid, and the offset network that
+computes the grid from q, back to the q channel slice) gets no INT8 Q/DQ and stays FP32 under the
+FP16 conversion; it is a few small tensors per DBRA (measured in ``docs/debiformer.md``).
 """
 
 from __future__ import annotations
@@ -45,10 +52,14 @@ __all__ = [
     "node_policy",
     "output_tail",
     "routing_nodes",
+    "sampling_nodes",
 ]
 
 #: Op types kept in FP32 by the FP16 conversion (see the module docstring).
-FP32_OP_TYPES = ("LayerNormalization", "TopK")
+FP32_OP_TYPES = ("LayerNormalization", "TopK", "GridSample")
+#: Where the walk back from a GridSample grid stops (not included): the q projection and its
+#: channel slice, shape arithmetic.
+_SAMPLING_STOPS = frozenset({"MatMul", "Gemm", "Split", "Slice", "Shape", "Constant", "QuantizeLinear"})
 #: ``--protect-routing`` choices (see the module docstring).
 ROUTING_PROTECTIONS = ("path", "inputs")
 
@@ -66,6 +77,7 @@ class NodePolicy:
     routing_inputs: list[str] = field(default_factory=list)  # kept out of INT8 by ``inputs``
     output_heads: list[str] = field(default_factory=list)  # dense outputs' last weighted ops
     output_tail: list[str] = field(default_factory=list)  # after them: FP32 under the FP16 conversion
+    sampling: list[str] = field(default_factory=list)  # DeBiFormer's sampling chains (FP32, no INT8)
 
     def describe(self) -> dict[str, object]:
         """What the manifest and the report record about the policy."""
@@ -77,6 +89,7 @@ class NodePolicy:
             "excluded_by_user": len(self.excluded_by_user),
             "output_heads_high_precision": len(self.output_heads),
             "output_tail_fp32": len(self.output_tail),
+            "sampling_nodes_fp32": len(self.sampling),
         }
 
 
@@ -135,6 +148,37 @@ def _ancestors(graph: onnx.GraphProto, names: Sequence[str]) -> set[str]:
     return seen
 
 
+def sampling_nodes(graph: onnx.GraphProto, max_depth: int = 24) -> list[str]:
+    """The sampling chain of every DBRA: each GridSample and the ancestors of its grid input.
+
+    Walks up from each GridSample's grid (input 1) through every input, stopping before the q
+    projection and its channel slice (``MatMul``/``Gemm``/``Split``/``Slice``), shape arithmetic
+    and constants, or after ``max_depth`` nodes: the reference points, the clamp, the offset
+    network (depthwise conv, LayerNorm, GELU, 1x1 conv) and the displacement of the bias grid.
+    Empty for graphs without GridSample (BiFormer).
+    """
+    producers = _producers(graph)
+    found: list[str] = []
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.op_type != "GridSample":
+            continue
+        if node.name not in seen:
+            seen.add(node.name)
+            found.append(node.name)
+        stack = [(producers.get(node.input[1]), 1)]
+        while stack:
+            current, depth = stack.pop()
+            if current is None or current.name in seen or current.op_type in _SAMPLING_STOPS:
+                continue
+            seen.add(current.name)
+            found.append(current.name)
+            if depth >= max_depth:
+                continue
+            stack.extend((producers.get(name), depth + 1) for name in current.input if name)
+    return found
+
+
 def exclude_patterns(exclude: Sequence[str]) -> list[re.Pattern[str]]:
     """Compile ``--exclude`` node-name patterns, with a clear error for an invalid one."""
     try:
@@ -148,7 +192,7 @@ def exclude_patterns(exclude: Sequence[str]) -> list[re.Pattern[str]]:
 def node_policy(
     model: onnx.ModelProto, exclude: Sequence[str] = (), routing_protection: str = "path"
 ) -> NodePolicy:
-    """The default INT8/FP32 policy for a BiFormer graph, minus the user's ``exclude`` patterns.
+    """The default INT8/FP32 policy for a BiFormer or DeBiFormer graph, minus the user's ``exclude``.
 
     ``exclude`` holds Python regular expressions matched (``re.search``) against node names;
     ``routing_protection`` is one of :data:`ROUTING_PROTECTIONS` (module docstring).
@@ -161,7 +205,8 @@ def node_policy(
     constants = _constant_names(graph)
     patterns = exclude_patterns(exclude)
     routing = routing_nodes(graph)
-    routing_set = set(routing)
+    sampling = sampling_nodes(graph)
+    routing_set = set(routing) | set(sampling)
     upstream = (
         _ancestors(graph, [n.name for n in graph.node if n.op_type == "TopK"])
         if routing_protection == "inputs"
@@ -202,6 +247,7 @@ def node_policy(
         routing_inputs=protected,
         output_heads=sorted(heads),
         output_tail=sorted(tail),
+        sampling=sampling,
     )
 
 

@@ -29,7 +29,14 @@ def _official_layout(name: str) -> dict[str, str]:
 
 
 def test_list_models() -> None:
-    assert edge_biformer.list_models() == ["biformer_base", "biformer_small", "biformer_tiny"]
+    assert edge_biformer.list_models() == [
+        "biformer_base",
+        "biformer_small",
+        "biformer_tiny",
+        "debiformer_base",
+        "debiformer_small",
+        "debiformer_tiny",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
