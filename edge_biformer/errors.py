@@ -18,3 +18,7 @@ class CheckpointError(EdgeBiformerError):
 
 class ExportError(EdgeBiformerError):
     """An export that failed or produced a graph that does not match PyTorch."""
+
+
+class CalibrationDataError(EdgeBiformerError):
+    """Calibration or evaluation data that cannot be used."""

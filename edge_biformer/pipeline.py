@@ -32,7 +32,8 @@ from typing import Any
 from edge_biformer import check, engine, export, quantize, rewrite, stages
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
-from edge_biformer.calib.demo import DEMO_SOURCE, default_calibration
+from edge_biformer.calib.dataset import default_calibration
+from edge_biformer.calib.demo import DEMO_SOURCE
 from edge_biformer.calib.preprocess import IMAGENET, Preprocess, preprocess_from_manifest
 from edge_biformer.check import TOLERANCES
 from edge_biformer.check.report import CheckReport

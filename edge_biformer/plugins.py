@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,35 @@ def _cdll(path: Path) -> ctypes.CDLL:
             "must have been built for this machine's CPU architecture; rebuild it here with "
             f"'{build_command()}'."
         ) from err
+
+
+_EM_CUDA = 190
+
+
+def library_archs(data: bytes) -> tuple[set[int], set[int]]:
+    """``(cubin archs, PTX archs)`` of the kernel images embedded in a plugin library's bytes.
+
+    Cubins are the embedded ELF images with ``e_machine == EM_CUDA``; their SM is in ``e_flags``
+    (bits 8-15 from ELF ABI version 8, CUDA 12.8+; bits 0-7 before). PTX is found by its ``.target
+    sm_XX`` lines.
+    """
+    cubins: set[int] = set()
+    start = 0
+    while (pos := data.find(b"\x7fELF", start)) != -1:
+        start = pos + 4
+        if pos == 0 or len(data) < pos + 52 or data[pos + 4] != 2:
+            continue  # the library's own header, or not a 64-bit ELF
+        if struct.unpack_from("<H", data, pos + 18)[0] != _EM_CUDA:
+            continue
+        flags = struct.unpack_from("<I", data, pos + 48)[0]
+        sm = (flags >> 8) & 0xFF if data[pos + 8] >= 8 else flags & 0xFF
+        if 30 <= sm <= 200:
+            cubins.add(sm)
+    ptx = {int(m) for m in re.findall(rb"\.target\s+sm_(\d+)", data)}
+    return cubins, ptx
+
+
+def library_tensorrt(data: bytes) -> tuple[int, int, int] | None:
+    """The TensorRT version a plugin library was built against (its ``built against TensorRT X.Y.Z`` text)."""
+    match = re.search(rb"TensorRT (\d+)\.(\d+)\.(\d+)", data)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3))) if match else None

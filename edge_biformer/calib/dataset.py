@@ -22,7 +22,7 @@ from edge_biformer.calib.scan import IMAGE_EXTENSIONS, CalibrationDataError, loa
 from edge_biformer.onnx_io import INPUT_NAME
 from edge_biformer.utils.sizes import image_hw
 
-__all__ = ["CalibrationData", "DataSpec", "load", "load_data", "synthetic"]
+__all__ = ["CalibrationData", "DataSpec", "default_calibration", "load", "load_data", "synthetic"]
 
 
 @dataclass
@@ -325,3 +325,12 @@ def synthetic(
         used=n,
         seed=seed,
     )
+
+
+def default_calibration(batch_size: int = 8) -> DataSpec:
+    """The built-in demo set as calibration data, announced loudly (a command given no ``--calib-data``)."""
+    from edge_biformer.calib.demo import DEMO_SOURCE, WARNING, demo_photos
+    from edge_biformer.utils import log
+
+    log(WARNING.format(count=len(demo_photos())))
+    return DataSpec(DEMO_SOURCE, batch_size=batch_size)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
-from edge_biformer.calib.scan import CalibrationDataError
+from edge_biformer.errors import CalibrationDataError
 
-__all__ = ["DEMO_PHOTOS", "DEMO_SOURCE", "default_calibration", "demo_photos", "is_demo"]
+__all__ = ["DEMO_PHOTOS", "DEMO_SOURCE", "WARNING", "demo_photos", "is_demo"]
 
 #: What ``--calib-data`` / ``--check-data`` take for the demo set (and what manifests record).
 DEMO_SOURCE = "demo-photos"
@@ -77,12 +76,3 @@ def demo_photos() -> list[Path]:
             "reinstall scikit-image, or pass your own images with --calib-data DIR"
         )
     return found
-
-
-def default_calibration(batch_size: int = 8) -> Any:
-    """The demo set as calibration data, announced loudly (for a command given no ``--calib-data``)."""
-    from edge_biformer.calib.dataset import DataSpec
-    from edge_biformer.utils import log
-
-    log(WARNING.format(count=len(demo_photos())))
-    return DataSpec(DEMO_SOURCE, batch_size=batch_size)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_biformer.calib.scan import CalibrationDataError
+from edge_biformer.errors import CalibrationDataError
 from edge_biformer.utils.sizes import image_hw
 
 __all__ = [

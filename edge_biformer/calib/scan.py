@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.errors import CalibrationDataError
 from edge_biformer.onnx_io import INPUT_NAME
 
 __all__ = [
@@ -34,10 +34,6 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 TENSOR_EXTENSIONS = (".npy", ".npz")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
-
-
-class CalibrationDataError(EdgeBiformerError):
-    """Calibration or evaluation data that cannot be used."""
 
 
 @dataclass

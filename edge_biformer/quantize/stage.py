@@ -15,7 +15,7 @@ import onnx
 
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
-from edge_biformer.calib.demo import default_calibration
+from edge_biformer.calib.dataset import default_calibration
 from edge_biformer.onnx_io import graph_interface, image_size, save_model
 from edge_biformer.quantize.fp16 import quantize_fp16
 from edge_biformer.quantize.int8 import quantize_int8

@@ -166,7 +166,7 @@ def _check_library_arch(library: Path, capability: tuple[int, int]) -> None:
     own error then says more than a guess would.
     """
     from edge_biformer import plugins
-    from edge_biformer.runtime.doctor import library_archs
+    from edge_biformer.plugins import library_archs
 
     cubins, ptx = library_archs(library.read_bytes())
     sm = capability[0] * 10 + capability[1]

@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge_biformer.calib.preprocess import IMAGENET, Preprocess
-from edge_biformer.calib.scan import CalibrationDataError
-from edge_biformer.errors import EdgeBiformerError
+from edge_biformer.errors import CalibrationDataError, EdgeBiformerError
 
 __all__ = ["Preprocessing", "PreprocessingError", "preprocess_record", "read_preprocessing"]
 
