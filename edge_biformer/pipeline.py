@@ -34,7 +34,7 @@ from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
 from edge_biformer.calib.dataset import default_calibration
 from edge_biformer.calib.demo import DEMO_SOURCE
-from edge_biformer.calib.preprocess import IMAGENET, Preprocess, preprocess_from_manifest
+from edge_biformer.calib.preprocess import IMAGENET, Preprocess, recorded_preprocess
 from edge_biformer.check import TOLERANCES
 from edge_biformer.check.report import CheckReport
 from edge_biformer.check.stage import CheckOptions
@@ -130,9 +130,9 @@ def _export(b: _Build) -> None:
     _adopt_interface(b, b.current)
 
 
-def _adopt_interface(b: _Build, path: Path) -> None:
+def _adopt_interface(b: _Build, path: Path, iface: GraphInterface | None = None) -> None:
     """Input, outputs and engine profile from the graph itself: names, channels, static dims."""
-    iface = graph_interface(path)
+    iface = iface or graph_interface(path)
     b.interface = iface
     b.manifest.update(iface.to_manifest())
     engine_opts = b.options.engine
@@ -286,7 +286,8 @@ def _start_from_onnx(b: _Build) -> None:
         log(
             f"from-onnx: model {fields['model']} and its weights taken from {manifests.manifest_path(source)}"
         )
-    b.img_size = graph_interface(source).image_size or b.options.img_size or _exported_size(b.manifest)
+    iface = graph_interface(source)
+    b.img_size = iface.image_size or b.options.img_size or _exported_size(b.manifest)
     if kind == "plain":
         b.record("onnx", source)
     elif kind == "plugin":  # checked in cpu_session like a graph this build rewrote
@@ -295,15 +296,8 @@ def _start_from_onnx(b: _Build) -> None:
         b.manifest["artifacts"]["quantized"] = str(source.resolve())
     log(f"from-onnx {source}: {kind} graph")
     if b.img_size is not None:
-        _adopt_interface(b, source)
-    recorded = next(
-        (
-            r
-            for r in (preprocess_from_manifest(rec.get("manifest")) for rec in manifests.sources(b.manifest))
-            if r
-        ),
-        None,
-    )
+        _adopt_interface(b, source, iface)
+    recorded = recorded_preprocess(b.manifest)
     if b.options.preprocess is None and recorded is not None:
         b.preprocess = recorded
     if kind == "plain" and b.options.rewrite is not None and not _has_bra(source):

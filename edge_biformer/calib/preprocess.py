@@ -31,6 +31,7 @@ __all__ = [
     "Preprocess",
     "preprocess_from_manifest",
     "preprocess_image",
+    "recorded_preprocess",
     "require_pillow",
     "resize_size",
     "to_rgb8",
@@ -248,6 +249,15 @@ def preprocess_from_manifest(manifest: Mapping[str, Any] | None) -> Preprocess |
     """The recipe a build manifest records (``preprocess``), or ``None`` for older manifests."""
     record = (manifest or {}).get("preprocess")
     return Preprocess.from_dict(record) if isinstance(record, Mapping) else None
+
+
+def recorded_preprocess(manifest: Mapping[str, Any] | None) -> Preprocess | None:
+    """The recipe the nearest manifest of ``manifest``'s source chain records (``None``: none does)."""
+    from edge_biformer.manifest import sources
+
+    return next(
+        (r for r in (preprocess_from_manifest(s.get("manifest")) for s in sources(manifest)) if r), None
+    )
 
 
 def _resize_crop(image: Any, size: tuple[int, int], crop_pct: float, resample: Any) -> Any:

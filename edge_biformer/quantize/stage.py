@@ -16,7 +16,8 @@ import onnx
 from edge_biformer import manifest as manifests
 from edge_biformer.calib import DataSpec, load_data
 from edge_biformer.calib.dataset import default_calibration
-from edge_biformer.onnx_io import graph_interface, image_size, save_model
+from edge_biformer.calib.preprocess import recorded_preprocess
+from edge_biformer.onnx_io import graph_interface, save_model
 from edge_biformer.quantize.fp16 import quantize_fp16
 from edge_biformer.quantize.int8 import quantize_int8
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult
@@ -69,15 +70,15 @@ def run(options: QuantizeOptions) -> QuantizeResult:
     elif options.precision == "int8":
         calib = options.calib if options.calib is not None else default_calibration()
         if isinstance(calib, DataSpec):
-            size = image_size(source, error=QuantizationError) or options.img_size
-            if size is None:  # dynamic H/W: the size the export was made and verified at
-                size = manifests.exported_img_size({"source": manifests.source_record(source)})
+            iface = graph_interface(source, error=QuantizationError)
+            chain = {"source": manifests.source_record(source)}  # the source's manifest chain
+            # Dynamic H/W: --img-size, else the size the export was made and verified at.
+            size = iface.image_size or options.img_size or manifests.exported_img_size(chain)
             if size is None:
                 raise QuantizationError(
                     f"{source} has a dynamic H/W input: pass --img-size for the calibration images"
                 )
-            iface = graph_interface(source, error=QuantizationError)
-            recipe = calib.preprocess or _recorded_preprocess(source)
+            recipe = calib.preprocess or recorded_preprocess(chain)
             calib = load_data(
                 replace(calib, preprocess=recipe, channels=iface.channels), size, "calibration data"
             )
@@ -114,12 +115,3 @@ def run(options: QuantizeOptions) -> QuantizeResult:
     save_model(onnx.load(str(output)), output, provenance=manifests.provenance(record))
     manifests.write_manifest(manifests.manifest_path(output), record)
     return result
-
-
-def _recorded_preprocess(source: Path) -> Any:
-    """The preprocessing recorded in the source graph's manifest chain (``None``: the default)."""
-    from edge_biformer import manifest as manifests
-    from edge_biformer.calib.preprocess import preprocess_from_manifest
-
-    chain = manifests.sources({"source": manifests.source_record(source)})
-    return next((r for r in (preprocess_from_manifest(c.get("manifest")) for c in chain) if r), None)
