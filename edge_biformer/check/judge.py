@@ -33,11 +33,11 @@ from edge_biformer.check.report import CheckReport, TargetResult, routing_line, 
 from edge_biformer.check.runners import Skip, Target, run_target
 from edge_biformer.check.tolerances import TOLERANCES
 from edge_biformer.errors import EdgeBiformerError
-from edge_biformer.onnx_io import INPUT_NAME, load_model
+from edge_biformer.onnx_io import INPUT_NAME, graph_interface, load_model
 from edge_biformer.stages import PRECISIONS
 from edge_biformer.utils import log
 
-__all__ = ["compare_targets", "judge", "output_scales"]
+__all__ = ["compare_targets", "judge", "output_scales", "tie_exclusion"]
 
 
 def _result(
@@ -95,6 +95,7 @@ def judge(
     inputs_json: str,
     reference_json: str,
     judge_decisions: bool = True,
+    keep: Sequence[np.ndarray] | None = None,
 ) -> TargetResult:
     """Judge ``outputs`` of ``target`` against ``reference`` with the tolerance of its precision.
 
@@ -103,6 +104,9 @@ def judge(
     outputs by every rule (cosine, top-1/top-5 agreement, accuracy with ``labels``: the first such
     output), dense outputs (feature maps, detection heads) by the error and per-sample cosine rules.
     ``judge_decisions=False`` (random weights): the class-agreement rules are reported, not judged.
+    ``keep``: per batch, the sample indices Polygraphy's elementwise rule judges (the others flipped
+    their routing at a tie, :func:`tie_exclusion`); ``None``: every sample. The other rules always
+    judge every sample.
     """
     tol = TOLERANCES[PRECISIONS[target.precision].tolerance]
     ref, out = as_results(reference), as_results(outputs)
@@ -154,13 +158,17 @@ def judge(
         outputs=per_output if several or classifier is None else {},
     )  # fmt: skip
     atols = {n: tol.atol(c.expected_scale) for n, c in comparisons.items()}
+    judged_ref, judged_out = (ref, out) if keep is None else (_select(ref, keep), _select(out, keep))
     result.polygraphy_pass = polygraphy_compare(
-        ref, out, atols if several else result.atol, result.rtol, result.check_error_stat
+        judged_ref, judged_out, atols if several else result.atol, result.rtol, result.check_error_stat
     )
     if not result.polygraphy_pass:
+        max_abs, mean_abs = result.max_abs_diff, result.mean_abs_diff
+        if keep is not None:
+            max_abs, mean_abs = _abs_diffs(judged_ref, judged_out)
         result.failures.append(
             f"polygraphy ({result.check_error_stat}, atol {result.atol:g}, rtol {result.rtol:g}): max abs "
-            f"diff {result.max_abs_diff:.3g}, mean abs diff {result.mean_abs_diff:.3g}"
+            f"diff {max_abs:.3g}, mean abs diff {mean_abs:.3g}"
         )
     for name, c in comparisons.items():
         prefix = f"output '{name}': " if several else ""
@@ -174,6 +182,43 @@ def judge(
                 "edge-biformer's (repeat them with `edge-biformer check`)"
             )
     return result
+
+
+def _select(results: Sequence[dict[str, Any]], keep: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """Per batch, the samples ``keep`` names (batches left with none are dropped)."""
+    return [
+        {name: np.asarray(value)[kept] for name, value in batch.items()}
+        for batch, kept in zip(results, keep, strict=True)
+        if kept.size
+    ]
+
+
+def _abs_diffs(reference: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Max and mean ``|output - reference|`` over every float output of these batches."""
+    diffs = [
+        np.abs(np.asarray(o[name], np.float64) - np.asarray(r[name], np.float64)).reshape(-1)
+        for r, o in zip(reference, outputs, strict=True)
+        for name in r
+        if name in o and np.issubdtype(np.asarray(r[name]).dtype, np.floating)
+    ]
+    flat = np.concatenate(diffs) if diffs else np.zeros(1)
+    return float(flat.max()), float(flat.mean())
+
+
+def tie_exclusion(sizes: Sequence[int], tied: np.ndarray, static_batch: bool) -> list[np.ndarray]:
+    """Per batch of ``sizes``, the sample indices the elementwise rule keeps when ``tied`` are left out.
+
+    A graph with a static batch cannot take a smaller batch in the printed Polygraphy command, so
+    there a batch holding a tie-flipped sample is left out whole.
+    """
+    keep, start = [], 0
+    for size in sizes:
+        mask = ~tied[start : start + size]
+        if static_batch and not mask.all():
+            mask = np.zeros(size, dtype=bool)
+        keep.append(np.flatnonzero(mask))
+        start += size
+    return keep
 
 
 def _number(value: float | None) -> float:
@@ -249,10 +294,21 @@ def compare_targets(
             results.append(_result(target, "fail", scales, inputs_json, reference_json, failures=[broken]))
             log(f"check {target.name}: FAIL ({broken})")
             continue
+        keep, note = routing.tie_exclusion(target, batches)
+        judged_inputs, judged_reference = inputs_json, reference_json
+        if keep is not None:  # the Polygraphy command reads the samples the elementwise rule judged
+            judged_inputs = str(check_dir / f"inputs.{_slug(target.name)}.json")
+            judged_reference = str(check_dir / f"reference.{_slug(target.name)}.json")
+            save_polygraphy_inputs(
+                [b[k] for b, k in zip(batches, keep, strict=True) if k.size], judged_inputs, input_name
+            )
+            save_polygraphy_outputs(_select(reference, keep), judged_reference, runner)
         try:
             outputs = run_target(target, batches)
         except Skip as skip:
-            results.append(_result(target, "skipped", scales, inputs_json, reference_json, reason=str(skip)))
+            results.append(
+                _result(target, "skipped", scales, judged_inputs, judged_reference, reason=str(skip))
+            )
             log(f"check {target.name}: skipped ({skip})")
             continue
         result = judge(
@@ -261,10 +317,13 @@ def compare_targets(
             outputs,
             labels=labels,
             reference_accuracy=ref_accuracy,
-            inputs_json=inputs_json,
-            reference_json=reference_json,
+            inputs_json=judged_inputs,
+            reference_json=judged_reference,
             judge_decisions=judge_decisions,
+            keep=keep,
         )
+        if note:
+            result.notes.append(note)
         warning = routing.measure(target, result)
         result.seconds = round(time.perf_counter() - t0, 3)
         with contextlib.suppress(Exception):
@@ -273,6 +332,8 @@ def compare_targets(
             )
         results.append(result)
         log(f"check {target.name}: {summary_line(result)}")
+        if note:
+            log(f"check {target.name}: {note}")
         line = routing_line(result)
         if line:
             log(f"check {target.name}: {line}")
@@ -291,14 +352,72 @@ class _RoutingCheck:
 
         self.batches, self.minimum, self.reference_path = batches, minimum, reference
         self.reference: dict[str, Any] = {}
+        self._routed: dict[str, dict[str, Any]] = {}  # per artifact path: its routing
+        #: Per precision: the tie-flipped samples of its plugin graph (what its engine is built from),
+        #: and whether that graph's batch is static.
+        self._plugin_ties: dict[str, tuple[np.ndarray, list[str], bool]] = {}
         self.why = "no FP32 export to take the reference routing from"
         if reference is not None:
             self.reference = run_routing(load_model(reference, check=False), batches, with_logits=True)
             self.why = "" if self.reference else "the FP32 export has no BRA block"
 
+    def _routing_of(self, target: Target) -> dict[str, Any] | None:
+        """The routing of an ONNX ``target`` on the check batches (run once), or ``None``."""
+        from edge_biformer.check.routing import run_routing
+
+        if target.kind == "tensorrt" or not self.reference:
+            return None
+        if Path(target.path).resolve() == Path(str(self.reference_path)).resolve():
+            return None  # the routing reference itself
+        if target.path not in self._routed:
+            self._routed[target.path] = run_routing(load_model(target.path, check=False), self.batches)
+        return self._routed[target.path]
+
+    def tie_exclusion(
+        self, target: Target, batches: Sequence[np.ndarray]
+    ) -> tuple[list[np.ndarray] | None, str]:
+        """Per batch, the samples the elementwise rule judges (``None``: all), and the report's note.
+
+        Samples whose routing flipped first at a tie of the target's precision
+        (:func:`edge_biformer.check.routing.tie_flips`) are left out. An engine's routing is not
+        measured: it is given the samples its plugin graph (same precision, ``cpu_session``) flipped.
+        """
+        from edge_biformer.check.routing import tie_flips
+
+        tie = TOLERANCES[PRECISIONS[target.precision].tolerance].routing_tie
+        if tie is None:
+            return None, ""
+        if target.kind == "tensorrt":
+            if target.precision not in self._plugin_ties:
+                return None, ""
+            tied, blocks, static = self._plugin_ties[target.precision]
+            source = "its plugin graph's routing (engines' routing is not measured)"
+        else:
+            routed = self._routing_of(target)
+            if not routed:
+                return None, ""
+            tied, blocks = tie_flips(self.reference, routed, tie)
+            static = graph_interface(load_model(target.path, check=False)).static_batch is not None
+            if target.kind == "cpu_session":
+                self._plugin_ties[target.precision] = (tied, blocks, static)
+            source = "its routing"
+        if not tied.any():
+            return None, ""
+        keep = tie_exclusion([b.shape[0] for b in batches], tied, static)
+        left_out = sum(b.shape[0] for b in batches) - sum(k.size for k in keep)
+        whole = " (the graph's batch is static: the batches holding them are left out whole)"
+        whole = whole if static else ""
+        note = (
+            f"{int(tied.sum())} sample(s) flipped {source} first at a tie (FP32 routing margin <= {tie:g} "
+            f"of the routing-logit spread, in {', '.join(blocks)}): {left_out} sample(s) are left out of "
+            f"the elementwise rule and of its Polygraphy command's files{whole}; every other rule (cosine, "
+            "agreement, accuracy, routing) judges all samples (docs/routing.md)"
+        )
+        return keep, note
+
     def measure(self, target: Target, result: TargetResult) -> str | None:
         """Fill ``result.routing`` (or ``routing_note``); fail on low agreement, or return a warning."""
-        from edge_biformer.check.routing import WARN_BELOW, compare_routing, run_routing
+        from edge_biformer.check.routing import WARN_BELOW, compare_routing
 
         if target.kind == "tensorrt":
             result.routing_note = (
@@ -309,9 +428,9 @@ class _RoutingCheck:
         if not self.reference:
             result.routing_note = self.why
             return None
-        if Path(target.path).resolve() == Path(str(self.reference_path)).resolve():
+        routed = self._routing_of(target)
+        if routed is None:
             return None  # the routing reference itself
-        routed = run_routing(load_model(target.path, check=False), self.batches)
         blocks = compare_routing(self.reference, routed)
         if not blocks:
             result.routing_note = "no BRA block of the FP32 export found in this graph"

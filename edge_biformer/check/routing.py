@@ -39,6 +39,7 @@ __all__ = [
     "compare_routing",
     "routing_taps",
     "run_routing",
+    "tie_flips",
 ]
 
 #: Routing agreement below this gets a warning (and fails with ``--min-routing-agreement``).
@@ -209,12 +210,8 @@ def compare_routing(
     reference: dict[str, dict[str, np.ndarray]], actual: dict[str, dict[str, np.ndarray]]
 ) -> list[BlockRouting]:
     """Per block of ``reference``: the artifact's routing agreement (paired by name, else order)."""
-    ref_names, act_names = list(reference), list(actual)
-    pairs = [(r, r if r in actual else None) for r in ref_names]
-    if any(a is None for _, a in pairs) and len(ref_names) == len(act_names):
-        pairs = list(zip(ref_names, act_names, strict=True))
     results = []
-    for index, (ref_name, act_name) in enumerate(pairs):
+    for index, (ref_name, act_name) in enumerate(_paired(reference, actual)):
         if act_name is None:
             continue
         ref_idx, act_idx = reference[ref_name]["indices"], actual[act_name]["indices"]
@@ -246,3 +243,57 @@ def compare_routing(
             )
         )
     return results
+
+
+def _paired(
+    reference: dict[str, dict[str, np.ndarray]], actual: dict[str, dict[str, np.ndarray]]
+) -> list[tuple[str, str | None]]:
+    """The reference's blocks in graph order, each with the artifact's block (by name, else order)."""
+    ref_names, act_names = list(reference), list(actual)
+    pairs: list[tuple[str, str | None]] = [(r, r if r in actual else None) for r in ref_names]
+    if any(a is None for _, a in pairs) and len(ref_names) == len(act_names):
+        pairs = list(zip(ref_names, act_names, strict=True))
+    return pairs
+
+
+def tie_flips(
+    reference: dict[str, dict[str, np.ndarray]], actual: dict[str, dict[str, np.ndarray]], tie: float
+) -> tuple[np.ndarray, list[str]]:
+    """Which samples' routing flipped first at a tie: a decision the artifact's precision cannot make.
+
+    For each sample, the first block (graph order) whose top-k set differs from the reference's
+    decides: when every flipped query region there has an FP32 margin (k-th minus (k+1)-th routing
+    logit) of at most ``tie`` times the spread of its routing logits (max minus min), the sample is
+    tie-flipped; the flips of later blocks follow from that one. A flip at a wider margin, or a
+    sample whose routing is the reference's, is not. Needs the reference's ``logits``.
+
+    Returns the per-sample mask and the blocks where the tie-flipped samples first flipped.
+    """
+    decided: np.ndarray | None = None
+    tied: np.ndarray | None = None
+    blocks: list[str] = []
+    for ref_name, act_name in _paired(reference, actual):
+        logits = reference[ref_name].get("logits")
+        if act_name is None or logits is None:
+            continue
+        ref_idx, act_idx = reference[ref_name]["indices"], actual[act_name]["indices"]
+        k = ref_idx.shape[-1]
+        if ref_idx.shape != act_idx.shape or k >= logits.shape[-1]:
+            continue  # not comparable, or a TopK of every region (no decision to flip)
+        if decided is None:
+            decided = np.zeros(ref_idx.shape[0], dtype=bool)
+            tied = np.zeros(ref_idx.shape[0], dtype=bool)
+        assert tied is not None
+        flipped = ~np.all(np.sort(ref_idx, axis=-1) == np.sort(act_idx, axis=-1), axis=-1)  # [N, R]
+        ordered = -np.sort(-logits.astype(np.float64), axis=-1)
+        spread = np.maximum(ordered[..., 0] - ordered[..., -1], 1e-30)
+        at_tie = (ordered[..., k - 1] - ordered[..., k]) <= tie * spread
+        first = flipped.any(axis=-1) & ~decided
+        here = first & np.all(at_tie | ~flipped, axis=-1)
+        if here.any():
+            blocks.append(ref_name)
+        tied |= here
+        decided |= first
+    if tied is None:
+        return np.zeros(0, dtype=bool), []
+    return tied, blocks

@@ -315,11 +315,13 @@ class CalibArgs(ArgGroup):
         )
         group.add_argument(
             "--protect-routing",
-            choices=("path", "inputs"),
-            default="path",
-            help="int8: keep the routing path (region means, routing MatMul, TopK) out of INT8 (path, "
-            "default), or also everything upstream of a routing TopK (inputs: FP32-identical routing, "
-            "less INT8; docs/routing.md has the measured trade-off)",
+            # quantize.policy.ROUTING_PROTECTIONS and its default (a test keeps them equal)
+            choices=("path", "top1", "inputs"),
+            default="top1",
+            help="int8: keep the routing path (region means, routing MatMul, TopK) out of INT8 (path); "
+            "also everything upstream of a single-region (topk 1) routing (top1, default); or everything "
+            "upstream of any routing that decides (inputs: FP32-identical routing, least INT8). "
+            "docs/routing.md has the measured trade-off",
         )
         group.add_argument(
             "--high-precision",

@@ -28,7 +28,7 @@ from edge_biformer.quantize.calib_cache import (
     write_calib_cache,
 )
 from edge_biformer.quantize.fp16 import convert_fp16_model
-from edge_biformer.quantize.policy import fp32_nodes_after, node_policy
+from edge_biformer.quantize.policy import DEFAULT_ROUTING_PROTECTION, fp32_nodes_after, node_policy
 from edge_biformer.quantize.source import calibration_batches, load_source, private_folder, write_private_copy
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult, quiet_modelopt, require_modelopt
 from edge_biformer.utils import atomic_output, heartbeat, log
@@ -54,7 +54,7 @@ def quantize_int8(
     exclude: Sequence[str] = (),
     high_precision: str = "fp16",
     cache: str | os.PathLike[str] | None = None,
-    routing_protection: str = "path",
+    routing_protection: str = DEFAULT_ROUTING_PROTECTION,
 ) -> QuantizeResult:
     """Explicit INT8 (Q/DQ) copy of ``onnx_path``, calibrated on the CPU with onnxruntime.
 
@@ -67,8 +67,9 @@ def quantize_int8(
         high_precision: ``fp16`` (convert the non-INT8 ops to FP16, routing and LayerNorm in FP32)
             or ``fp32``.
         cache: calibration cache path; reused when its key (model, data, method, nodes) matches.
-        routing_protection: ``path`` (the routing path out of INT8) or ``inputs`` (also everything
-            upstream of a routing TopK): :mod:`edge_biformer.quantize.policy`.
+        routing_protection: ``path`` (the routing path out of INT8), ``top1`` (default: also
+            everything upstream of a single-region routing) or ``inputs`` (everything upstream of
+            any deciding routing TopK): :mod:`edge_biformer.quantize.policy`.
     """
     if method not in CALIB_METHODS:
         raise QuantizationError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")

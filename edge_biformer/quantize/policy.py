@@ -8,12 +8,22 @@ FP16 conversion LayerNormalization and the routing chain stay FP32 (LayerNorm's 
 FP16 at transformer activation ranges; the routing logits decide a discrete TopK, so their
 rounding changes which regions are attended).
 
-Routing protection (``routing``): ``path`` (default) is the above; ``inputs`` also keeps out of
-INT8 every weighted node upstream of a routing TopK (the stem, the downsampling, the earlier
-blocks), so that routing sees FP16 activations only. Measured on the trained reduced BiFormer
-(docs/routing.md): INT8 with ``path`` routes 95.5-97.5 % of query regions as FP32 does, because
-the INT8 error of everything upstream moves near-tied routing logits, not the routing path
-itself; ``inputs`` routes 100 % identically at the cost of INT8 in the routed stages.
+Routing protection (``--protect-routing``), on top of the routing path above:
+
+* ``path``: nothing more; every projection upstream of the routing is INT8.
+* ``top1`` (default): every weighted node upstream of a routing that selects a **single** region
+  (topk 1: the first stage of BiFormer-T/S/B and DeBiFormer) stays out of INT8 (FP16). One flip
+  of such a routing replaces every key and value a query region attends to, where a flip of a
+  topk-k routing replaces 1/k of them. The same reasoning keeps a mixture-of-experts router's
+  decisions in high precision.
+* ``inputs``: every weighted node upstream of any routing that makes a decision (topk smaller than
+  the number of regions; a TopK of all regions selects everything in any order) stays out of INT8.
+
+Measured (docs/routing.md): INT8 with ``path`` routes 95.5-97.5 % of the reduced BiFormer's query
+regions as FP32 does, because the INT8 error of everything upstream moves near-tied routing logits,
+not the routing path itself; ``inputs`` routes 100 % identically at the cost of INT8 in the routed
+stages. On the reduced DeBiFormer one flipped topk-1 region turned an image's logits to cosine
+0.973 under ``path``; ``top1`` keeps its worst image at 0.997.
 
 Dense outputs (detection heads, segmentation maps, feature maps: any graph output that is not a
 rank-2 ``[N, classes]`` classifier output) add two rules, for graphs of one's own
@@ -44,6 +54,7 @@ import onnx
 from edge_biformer.quantize.toolkit import QuantizationError
 
 __all__ = [
+    "DEFAULT_ROUTING_PROTECTION",
     "FP32_OP_TYPES",
     "ROUTING_PROTECTIONS",
     "NodePolicy",
@@ -51,6 +62,7 @@ __all__ = [
     "fp32_nodes_after",
     "node_policy",
     "output_tail",
+    "protected_topks",
     "routing_nodes",
     "sampling_nodes",
 ]
@@ -60,8 +72,10 @@ FP32_OP_TYPES = ("LayerNormalization", "TopK", "GridSample")
 #: Where the walk back from a GridSample grid stops (not included): the q projection and its
 #: channel slice, shape arithmetic.
 _SAMPLING_STOPS = frozenset({"MatMul", "Gemm", "Split", "Slice", "Shape", "Constant", "QuantizeLinear"})
-#: ``--protect-routing`` choices (see the module docstring).
-ROUTING_PROTECTIONS = ("path", "inputs")
+#: ``--protect-routing`` choices (see the module docstring); the first of them a default needs is
+#: :data:`DEFAULT_ROUTING_PROTECTION`.
+ROUTING_PROTECTIONS = ("path", "top1", "inputs")
+DEFAULT_ROUTING_PROTECTION = "top1"
 
 
 @dataclass
@@ -73,8 +87,8 @@ class NodePolicy:
     excluded_by_user: list[str] = field(default_factory=list)
     attention_matmuls: list[str] = field(default_factory=list)
     routing: list[str] = field(default_factory=list)
-    routing_protection: str = "path"
-    routing_inputs: list[str] = field(default_factory=list)  # kept out of INT8 by ``inputs``
+    routing_protection: str = DEFAULT_ROUTING_PROTECTION
+    routing_inputs: list[str] = field(default_factory=list)  # kept out of INT8 by ``top1``/``inputs``
     output_heads: list[str] = field(default_factory=list)  # dense outputs' last weighted ops
     output_tail: list[str] = field(default_factory=list)  # after them: FP32 under the FP16 conversion
     sampling: list[str] = field(default_factory=list)  # DeBiFormer's sampling chains (FP32, no INT8)
@@ -130,6 +144,54 @@ def routing_nodes(graph: onnx.GraphProto, max_depth: int = 8) -> list[str]:
                 if parent is not None and parent.op_type not in ("Constant", "Shape"):
                     stack.append((parent, depth + 1))
     return found
+
+
+def _constant_int(graph: onnx.GraphProto, name: str) -> int | None:
+    """The value of a one-element integer constant (initializer or Constant node), else ``None``."""
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        if init.name == name:
+            values = numpy_helper.to_array(init).reshape(-1)
+            return int(values[0]) if values.size == 1 else None
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values = numpy_helper.to_array(attr.t).reshape(-1)
+                    return int(values[0]) if values.size == 1 else None
+    return None
+
+
+def _last_dims(model: onnx.ModelProto) -> dict[str, int]:
+    """The static last dimension of every tensor shape inference can tell (empty if it fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # a graph shape inference cannot take: regions unknown, every TopK decides
+        return {}
+    dims: dict[str, int] = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        shape = info.type.tensor_type.shape.dim
+        if shape and shape[-1].HasField("dim_value"):
+            dims[info.name] = shape[-1].dim_value
+    return dims
+
+
+def protected_topks(model: onnx.ModelProto, routing_protection: str) -> list[str]:
+    """The routing TopKs whose inputs ``routing_protection`` keeps out of INT8 (module docstring).
+
+    ``top1``: TopKs with a constant k of 1. ``inputs``: TopKs that decide, i.e. whose k is not the
+    (static) number of regions they choose from; a TopK of unknown k or width counts as deciding.
+    """
+    graph = model.graph
+    topks = [n for n in graph.node if n.op_type == "TopK" and len(n.input) > 1]
+    if routing_protection == "path":
+        return []
+    ks = {n.name: _constant_int(graph, n.input[1]) for n in topks}
+    if routing_protection == "top1":
+        return [n.name for n in topks if ks[n.name] == 1]
+    widths = _last_dims(model)
+    return [n.name for n in topks if ks[n.name] is None or ks[n.name] != widths.get(n.input[0])]
 
 
 def _ancestors(graph: onnx.GraphProto, names: Sequence[str]) -> set[str]:
@@ -190,7 +252,9 @@ def exclude_patterns(exclude: Sequence[str]) -> list[re.Pattern[str]]:
 
 
 def node_policy(
-    model: onnx.ModelProto, exclude: Sequence[str] = (), routing_protection: str = "path"
+    model: onnx.ModelProto,
+    exclude: Sequence[str] = (),
+    routing_protection: str = DEFAULT_ROUTING_PROTECTION,
 ) -> NodePolicy:
     """The default INT8/FP32 policy for a BiFormer or DeBiFormer graph, minus the user's ``exclude``.
 
@@ -207,11 +271,7 @@ def node_policy(
     routing = routing_nodes(graph)
     sampling = sampling_nodes(graph)
     routing_set = set(routing) | set(sampling)
-    upstream = (
-        _ancestors(graph, [n.name for n in graph.node if n.op_type == "TopK"])
-        if routing_protection == "inputs"
-        else set()
-    )
+    upstream = _ancestors(graph, protected_topks(model, routing_protection))
     heads, tail = output_tail(model, constants)
     protected: list[str] = []
     int8: list[str] = []

@@ -20,6 +20,7 @@ from edge_biformer.calib.preprocess import recorded_preprocess
 from edge_biformer.onnx_io import graph_interface, save_model
 from edge_biformer.quantize.fp16 import quantize_fp16
 from edge_biformer.quantize.int8 import quantize_int8
+from edge_biformer.quantize.policy import DEFAULT_ROUTING_PROTECTION
 from edge_biformer.quantize.toolkit import QuantizationError, QuantizeResult
 from edge_biformer.utils import stage
 
@@ -36,7 +37,7 @@ class QuantizeOptions:
     (kept in FP32 by the FP16 conversion); ``high_precision``: what the non-INT8 ops of an int8 graph
     become (``fp16`` or ``fp32``); ``cache``: the calibration cache (default ``<output>.calib.cache``
     beside the output, i.e. ``model.int8.calib.cache``); ``img_size``: the calibration image size
-    of a graph whose H and W are dynamic; ``routing_protection``: ``path`` or ``inputs``
+    of a graph whose H and W are dynamic; ``routing_protection``: ``path``, ``top1`` (default) or ``inputs``
     (:mod:`edge_biformer.quantize.policy`).
     """
 
@@ -49,7 +50,7 @@ class QuantizeOptions:
     high_precision: str = "fp16"
     cache: Path | None = None
     img_size: tuple[int, int] | None = None
-    routing_protection: str = "path"
+    routing_protection: str = DEFAULT_ROUTING_PROTECTION
 
 
 def run(options: QuantizeOptions) -> QuantizeResult:
