@@ -391,7 +391,7 @@ class _RoutingCheck:
             if target.precision not in self._plugin_ties:
                 return None, ""
             tied, blocks, static = self._plugin_ties[target.precision]
-            source = "its plugin graph's routing (engines' routing is not measured)"
+            source = "their routing in the plugin graph (an engine's routing is not measured)"
         else:
             routed = self._routing_of(target)
             if not routed:
@@ -400,7 +400,7 @@ class _RoutingCheck:
             static = graph_interface(load_model(target.path, check=False)).static_batch is not None
             if target.kind == "cpu_session":
                 self._plugin_ties[target.precision] = (tied, blocks, static)
-            source = "its routing"
+            source = "their routing"
         if not tied.any():
             return None, ""
         keep = tie_exclusion([b.shape[0] for b in batches], tied, static)
@@ -408,10 +408,10 @@ class _RoutingCheck:
         whole = " (the graph's batch is static: the batches holding them are left out whole)"
         whole = whole if static else ""
         note = (
-            f"{int(tied.sum())} sample(s) flipped {source} first at a tie (FP32 routing margin <= {tie:g} "
-            f"of the routing-logit spread, in {', '.join(blocks)}): {left_out} sample(s) are left out of "
-            f"the elementwise rule and of its Polygraphy command's files{whole}; every other rule (cosine, "
-            "agreement, accuracy, routing) judges all samples (docs/routing.md)"
+            f"{int(tied.sum())} of {tied.size} sample(s) flipped {source} first at a tie (FP32 routing "
+            f"margin <= {tie:g} of the routing-logit spread, in {', '.join(blocks)}): {left_out} "
+            f"sample(s) are left out of the elementwise rule and of its Polygraphy command's files{whole}; "
+            "every other rule (cosine, agreement, accuracy, routing) judges all samples (docs/build.md)"
         )
         return keep, note
 
