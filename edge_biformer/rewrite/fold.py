@@ -16,8 +16,12 @@ constants.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,13 +79,35 @@ def symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        return symbolic_shape_infer.SymbolicShapeInference.infer_shapes(
-            model, auto_merge=True, guess_output_rank=False
-        )
+        with _scratch_cwd():
+            return symbolic_shape_infer.SymbolicShapeInference.infer_shapes(
+                model, auto_merge=True, guess_output_rank=False
+            )
     except Exception:
         return None
     finally:
         log.setLevel(level)
+
+
+_CWD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _scratch_cwd() -> Iterator[None]:
+    """Run in a temporary working directory, removed afterwards.
+
+    onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` and an external-data
+    file with a generated name into the *current* directory when its inference is incomplete (it
+    is on DeBiFormer graphs), which would leave them in the user's folder (or a repository). The
+    lock keeps two threads of this module from changing the directory under each other.
+    """
+    with _CWD_LOCK, tempfile.TemporaryDirectory(prefix="edge-biformer-shapes-") as scratch:
+        previous = os.getcwd()
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
