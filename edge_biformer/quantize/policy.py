@@ -19,10 +19,10 @@ Routing protection (``--protect-routing``), on top of the routing path above:
 * ``inputs``: every weighted node upstream of any routing that makes a decision (topk smaller than
   the number of regions; a TopK of all regions selects everything in any order) stays out of INT8.
 
-Measured (docs/routing.md): INT8 with ``path`` routes 95.5-97.5 % of the reduced BiFormer's query
+Measured (docs/routing.md): INT8 with ``path`` routes 96.8-97.1 % of the reduced BiFormer's query
 regions as FP32 does, because the INT8 error of everything upstream moves near-tied routing logits,
-not the routing path itself; ``inputs`` routes 100 % identically at the cost of INT8 in the routed
-stages. On the reduced DeBiFormer one flipped topk-1 region turned an image's logits to cosine
+not the routing path itself; ``inputs`` routes 99.9-100 % as FP32 does at the cost of INT8 in the
+routed stages. On the reduced DeBiFormer one flipped topk-1 region turned an image's logits to cosine
 0.973 under ``path``; ``top1`` keeps its worst image at 0.997.
 
 Dense outputs (detection heads, segmentation maps, feature maps: any graph output that is not a
@@ -72,8 +72,7 @@ FP32_OP_TYPES = ("LayerNormalization", "TopK", "GridSample")
 #: Where the walk back from a GridSample grid stops (not included): the q projection and its
 #: channel slice, shape arithmetic.
 _SAMPLING_STOPS = frozenset({"MatMul", "Gemm", "Split", "Slice", "Shape", "Constant", "QuantizeLinear"})
-#: ``--protect-routing`` choices (see the module docstring); the first of them a default needs is
-#: :data:`DEFAULT_ROUTING_PROTECTION`.
+#: ``--protect-routing`` choices and the default (see the module docstring).
 ROUTING_PROTECTIONS = ("path", "top1", "inputs")
 DEFAULT_ROUTING_PROTECTION = "top1"
 
