@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.ops import find_op
@@ -26,6 +27,8 @@ __all__ = [
     "OUTPUT_NAME",
     "GraphInterface",
     "TensorInfo",
+    "constant_node_value",
+    "constant_value",
     "feature_output_name",
     "graph_inputs",
     "graph_interface",
@@ -57,6 +60,29 @@ def feature_output_name(stage: int) -> str:
 GRAPH_KINDS = ("plain", "fp16", "qdq", "plugin")
 #: Prefix of the provenance keys in ``metadata_props``.
 METADATA_PREFIX = "edge_biformer."
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node (tensor, int(s) or float(s) attribute), else ``None``."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.int64)
+        if attr.name in ("value_float", "value_floats"):
+            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.float32)
+    return None
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of the tensor ``name`` when an initializer or a ``Constant`` node holds it, else ``None``."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            return constant_node_value(node)
+    return None
 
 
 def _first_line(err: BaseException) -> str:

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from edge_biformer.onnx_io import constant_value
 from edge_biformer.quantize.toolkit import QuantizationError
 
 __all__ = [
@@ -147,19 +148,8 @@ def routing_nodes(graph: onnx.GraphProto, max_depth: int = 8) -> list[str]:
 
 def _constant_int(graph: onnx.GraphProto, name: str) -> int | None:
     """The value of a one-element integer constant (initializer or Constant node), else ``None``."""
-    from onnx import numpy_helper
-
-    for init in graph.initializer:
-        if init.name == name:
-            values = numpy_helper.to_array(init).reshape(-1)
-            return int(values[0]) if values.size == 1 else None
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values = numpy_helper.to_array(attr.t).reshape(-1)
-                    return int(values[0]) if values.size == 1 else None
-    return None
+    value = constant_value(graph, name)
+    return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
 def _last_dims(model: onnx.ModelProto) -> dict[str, int]:

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from edge_biformer.onnx_io import constant_node_value
+
 __all__ = ["FoldResult", "fold_shapes", "infer_shapes", "symbolic_shapes"]
 
 #: Only tensors up to this many elements are evaluated (shape vectors, scalars, small index tables).
@@ -334,18 +336,6 @@ def _evaluate(
     return None
 
 
-def _constant(node: onnx.NodeProto) -> np.ndarray | None:
-    """The value of a ``Constant`` node (tensor, int(s) or float(s) attribute)."""
-    for attr in node.attribute:
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
-        if attr.name in ("value_int", "value_ints"):
-            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.int64)
-        if attr.name in ("value_float", "value_floats"):
-            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.float32)
-    return None
-
-
 def fold_shapes(model: onnx.ModelProto, max_rounds: int = 4) -> FoldResult:
     """Fold the shape arithmetic of ``model`` on its static dims (the model is not changed).
 
@@ -374,7 +364,7 @@ def fold_shapes(model: onnx.ModelProto, max_rounds: int = 4) -> FoldResult:
             partial[name] = _partial(value)
         for node in light.graph.node:
             if node.op_type == "Constant":
-                array = _constant(node)
+                array = constant_node_value(node)
                 if array is not None and array.size <= MAX_ELEMENTS:
                     partial[node.output[0]] = _partial(array)
                 continue
