@@ -31,7 +31,7 @@ from edge_biformer.check.polygraphy_io import (
 from edge_biformer.check.reference import keep_previous
 from edge_biformer.check.report import CheckReport, TargetResult, routing_line, summary_line, write_report
 from edge_biformer.check.runners import Skip, Target, run_target
-from edge_biformer.check.tolerances import TOLERANCES
+from edge_biformer.check.tolerances import TOLERANCES, Tolerance
 from edge_biformer.errors import EdgeBiformerError
 from edge_biformer.onnx_io import INPUT_NAME, graph_interface, load_model
 from edge_biformer.stages import PRECISIONS
@@ -165,7 +165,7 @@ def judge(
     if not result.polygraphy_pass:
         max_abs, mean_abs = result.max_abs_diff, result.mean_abs_diff
         if keep is not None:
-            max_abs, mean_abs = _abs_diffs(judged_ref, judged_out)
+            max_abs, mean_abs = _abs_diffs(judged_ref, judged_out, tol)
         result.failures.append(
             f"polygraphy ({result.check_error_stat}, atol {result.atol:g}, rtol {result.rtol:g}): max abs "
             f"diff {max_abs:.3g}, mean abs diff {mean_abs:.3g}"
@@ -193,16 +193,14 @@ def _select(results: Sequence[dict[str, Any]], keep: Sequence[np.ndarray]) -> li
     ]
 
 
-def _abs_diffs(reference: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """Max and mean ``|output - reference|`` over every float output of these batches."""
-    diffs = [
-        np.abs(np.asarray(o[name], np.float64) - np.asarray(r[name], np.float64)).reshape(-1)
-        for r, o in zip(reference, outputs, strict=True)
-        for name in r
-        if name in o and np.issubdtype(np.asarray(r[name]).dtype, np.floating)
-    ]
-    flat = np.concatenate(diffs) if diffs else np.zeros(1)
-    return float(flat.max()), float(flat.mean())
+def _abs_diffs(
+    reference: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]], tol: Tolerance
+) -> tuple[float, float]:
+    """Max and mean abs diff of these batches, as the row reports them (:func:`compare`, every output)."""
+    names = list(reference[0]) if reference else []
+    actual = {n: [o[n] for o in outputs if n in o] for n in names}
+    c = compare(actual, {n: [r[n] for r in reference] for n in names}, tol)
+    return c.max_abs_diff, c.mean_abs_diff
 
 
 def tie_exclusion(sizes: Sequence[int], tied: np.ndarray, static_batch: bool) -> list[np.ndarray]:
@@ -286,6 +284,7 @@ def compare_targets(
         "seconds": round(time.perf_counter() - start, 3),
     }
     routing = _RoutingCheck(routing_reference, batches, min_routing_agreement)
+    written: dict[tuple[tuple[int, ...], ...], tuple[str, str]] = {}  # per selection: its files
     results = []
     for target in targets:
         t0 = time.perf_counter()
@@ -297,12 +296,17 @@ def compare_targets(
         keep, note = routing.tie_exclusion(target, batches)
         judged_inputs, judged_reference = inputs_json, reference_json
         if keep is not None:  # the Polygraphy command reads the samples the elementwise rule judged
-            judged_inputs = str(check_dir / f"inputs.{_slug(target.name)}.json")
-            judged_reference = str(check_dir / f"reference.{_slug(target.name)}.json")
-            save_polygraphy_inputs(
-                [b[k] for b, k in zip(batches, keep, strict=True) if k.size], judged_inputs, input_name
-            )
-            save_polygraphy_outputs(_select(reference, keep), judged_reference, runner)
+            selection = tuple(tuple(k.tolist()) for k in keep)
+            if selection not in written:
+                files = (
+                    str(check_dir / f"inputs.{_slug(target.name)}.json"),
+                    str(check_dir / f"reference.{_slug(target.name)}.json"),
+                )
+                kept_batches = [b[k] for b, k in zip(batches, keep, strict=True) if k.size]
+                save_polygraphy_inputs(kept_batches, files[0], input_name)
+                save_polygraphy_outputs(_select(reference, keep), files[1], runner)
+                written[selection] = files
+            judged_inputs, judged_reference = written[selection]
         try:
             outputs = run_target(target, batches)
         except Skip as skip:
@@ -352,7 +356,8 @@ class _RoutingCheck:
 
         self.batches, self.minimum, self.reference_path = batches, minimum, reference
         self.reference: dict[str, Any] = {}
-        self._routed: dict[str, dict[str, Any]] = {}  # per artifact path: its routing
+        #: Per artifact path: its routing, and whether its batch is static.
+        self._routed: dict[str, tuple[dict[str, Any], bool]] = {}
         #: Per precision: the tie-flipped samples of its plugin graph (what its engine is built from),
         #: and whether that graph's batch is static.
         self._plugin_ties: dict[str, tuple[np.ndarray, list[str], bool]] = {}
@@ -361,8 +366,9 @@ class _RoutingCheck:
             self.reference = run_routing(load_model(reference, check=False), batches, with_logits=True)
             self.why = "" if self.reference else "the FP32 export has no BRA block"
 
-    def _routing_of(self, target: Target) -> dict[str, Any] | None:
-        """The routing of an ONNX ``target`` on the check batches (run once), or ``None``."""
+    def _routing_of(self, target: Target) -> tuple[dict[str, Any], bool] | None:
+        """The routing of an ONNX ``target`` on the check batches and whether its batch is static
+        (the graph is read and run once), or ``None``."""
         from edge_biformer.check.routing import run_routing
 
         if target.kind == "tensorrt" or not self.reference:
@@ -370,7 +376,9 @@ class _RoutingCheck:
         if Path(target.path).resolve() == Path(str(self.reference_path)).resolve():
             return None  # the routing reference itself
         if target.path not in self._routed:
-            self._routed[target.path] = run_routing(load_model(target.path, check=False), self.batches)
+            model = load_model(target.path, check=False)
+            static = graph_interface(model).static_batch is not None
+            self._routed[target.path] = (run_routing(model, self.batches), static)
         return self._routed[target.path]
 
     def tie_exclusion(
@@ -393,11 +401,11 @@ class _RoutingCheck:
             tied, blocks, static = self._plugin_ties[target.precision]
             source = "their routing in the plugin graph (an engine's routing is not measured)"
         else:
-            routed = self._routing_of(target)
-            if not routed:
+            measured = self._routing_of(target)
+            if measured is None or not measured[0]:
                 return None, ""
+            routed, static = measured
             tied, blocks = tie_flips(self.reference, routed, tie)
-            static = graph_interface(load_model(target.path, check=False)).static_batch is not None
             if target.kind == "cpu_session":
                 self._plugin_ties[target.precision] = (tied, blocks, static)
             source = "their routing"
@@ -428,10 +436,10 @@ class _RoutingCheck:
         if not self.reference:
             result.routing_note = self.why
             return None
-        routed = self._routing_of(target)
-        if routed is None:
+        measured = self._routing_of(target)
+        if measured is None:
             return None  # the routing reference itself
-        blocks = compare_routing(self.reference, routed)
+        blocks = compare_routing(self.reference, measured[0])
         if not blocks:
             result.routing_note = "no BRA block of the FP32 export found in this graph"
             return None
