@@ -32,24 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _int8_weight_share(model_path: Path, int8_nodes: list[str]) -> float:
-    """Share of the weighted nodes' parameters that belong to INT8 nodes."""
-    model = onnx.load(str(model_path))
-    sizes = {i.name: int(np.prod(numpy_helper.to_array(i).shape)) for i in model.graph.initializer}
-    total = quantized = 0
-    chosen = set(int8_nodes)
-    for node in model.graph.node:
-        weighted = node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and node.input[1] in sizes)
-        if not weighted:
-            continue
-        params = sizes.get(node.input[1], 0)
-        total += params
-        quantized += params if node.name in chosen else 0
-    return quantized / max(total, 1)
-
-
-def _int8_mac_share(model_path: Path, int8_nodes: list[str]) -> float:
-    """Share of the weighted nodes' multiply-accumulates (per image) that belong to INT8 nodes."""
+def _node_costs(model_path: Path) -> dict[str, tuple[int, int]]:
+    """Per weighted node (Conv, Gemm, MatMul with a constant weight): its parameters and its
+    multiply-accumulates per image (output elements times the reduction length)."""
     model = onnx.load(str(model_path))
     inferred = onnx.shape_inference.infer_shapes(model)
     dims = {
@@ -57,23 +42,26 @@ def _int8_mac_share(model_path: Path, int8_nodes: list[str]) -> float:
         for v in (*inferred.graph.value_info, *inferred.graph.output)
     }
     weights = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
-    total = quantized = 0
-    chosen = set(int8_nodes)
+    costs: dict[str, tuple[int, int]] = {}
     for node in model.graph.node:
-        if len(node.input) < 2 or node.input[1] not in weights or node.output[0] not in dims:
+        constant_weight = len(node.input) > 1 and node.input[1] in weights
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or not constant_weight:
             continue
-        w, out = weights[node.input[1]], int(np.prod(dims[node.output[0]]))
-        if node.op_type == "Conv":
-            macs = out * int(np.prod(w[1:]))
-        elif node.op_type == "MatMul":
-            macs = out * int(w[0])
-        elif node.op_type == "Gemm":
-            macs = out * int(w[-1])
-        else:
-            continue
-        total += macs
-        quantized += macs if node.name in chosen else 0
-    return quantized / max(total, 1)
+        w = weights[node.input[1]]
+        out = int(np.prod(dims[node.output[0]])) if node.output[0] in dims else 0
+        reduction = {"Conv": int(np.prod(w[1:])), "MatMul": int(w[0])}.get(node.op_type, int(w[-1]))
+        costs[node.name] = (int(np.prod(w)), out * reduction)
+    return costs
+
+
+def _int8_shares(costs: dict[str, tuple[int, int]], int8_nodes: list[str]) -> tuple[float, float]:
+    """Share of the weighted nodes' parameters, and of their multiply-accumulates, that are INT8."""
+    chosen = set(int8_nodes)
+    shares = []
+    for column in (0, 1):
+        total = sum(c[column] for c in costs.values())
+        shares.append(sum(c[column] for n, c in costs.items() if n in chosen) / max(total, 1))
+    return shares[0], shares[1]
 
 
 def _logits(path: Path, batches: list[np.ndarray]) -> np.ndarray:
@@ -83,14 +71,9 @@ def _logits(path: Path, batches: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([session.run(None, {"input": b})[0] for b in batches])
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The lowest per-image cosine similarity of two logit arrays."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return float(((a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))).min())
-
-
 def measure(name: str, plain: Path, calib_data, test_data, work: Path) -> list[str]:
     from edge_biformer import quantize
+    from edge_biformer.check import compare
     from edge_biformer.check.routing import compare_routing, run_routing
     from edge_biformer.quantize.policy import ROUTING_PROTECTIONS, node_policy
 
@@ -98,34 +81,29 @@ def measure(name: str, plain: Path, calib_data, test_data, work: Path) -> list[s
     reference = run_routing(onnx.load(str(plain)), batches, with_logits=True)
     ref_logits = _logits(plain, batches)
     labels = test_data.labels
-    variants: list[tuple[str, Path, float, float]] = []
+    costs = _node_costs(plain)
+    graph = onnx.load(str(plain))
+    variants: list[tuple[str, Path, tuple[float, float]]] = []
     fp16 = work / f"{name}.fp16.onnx"
     quantize.quantize_fp16(plain, fp16)
-    variants.append(("FP16", fp16, 0.0, 0.0))
+    variants.append(("FP16", fp16, (0.0, 0.0)))
     for protection in ROUTING_PROTECTIONS:
         out = work / f"{name}.int8.{protection}.onnx"
         quantize.quantize_int8(plain, out, calib_data, routing_protection=protection)
-        policy = node_policy(onnx.load(str(plain)), routing_protection=protection)
-        variants.append(
-            (
-                f"INT8, --protect-routing {protection}",
-                out,
-                _int8_weight_share(plain, policy.int8),
-                _int8_mac_share(plain, policy.int8),
-            )
-        )
+        policy = node_policy(graph, routing_protection=protection)
+        variants.append((f"INT8, --protect-routing {protection}", out, _int8_shares(costs, policy.int8)))
     rows = []
-    for label, path, share, mac_share in variants:
+    for label, path, (share, mac_share) in variants:
         blocks = compare_routing(reference, run_routing(onnx.load(str(path)), batches))
-        logits = _logits(path, batches)
-        agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
-        acc = f"{(logits.argmax(1) == labels).mean():.2%}" if labels is not None else "n/a"
+        c = compare(
+            _logits(path, batches), ref_logits, "build.int8", labels=labels
+        )  # the numbers, not a verdict
+        acc = f"{c.top1_accuracy:.2%}" if c.top1_accuracy is not None else "n/a"
         per_block = ", ".join(f"{b.agreement:.2%}" for b in blocks)
         worst = min(b.agreement for b in blocks)
-        cos = _min_cosine(logits, ref_logits)
         rows.append(
-            f"| {name} | {label} | {per_block} | {worst:.2%} | {agree:.2%} | {cos:.4f} | {acc} | {share:.0%} "
-            f"| {mac_share:.0%} |"
+            f"| {name} | {label} | {per_block} | {worst:.2%} | {c.top1_agreement:.2%} | {c.min_cosine:.4f} "
+            f"| {acc} | {share:.0%} | {mac_share:.0%} |"
         )
     ref_acc = f"{(ref_logits.argmax(1) == labels).mean():.2%}" if labels is not None else "n/a"
     rows.append(f"| {name} | FP32 (reference) | 100% each | 100% | 100% | 1 | {ref_acc} | 0% | 0% |")
